@@ -1,0 +1,32 @@
+# Set-up and checks. `make install` is idempotent: a second run only re-checks the venv.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# The tested torch pair (see DEVELOPERS.md); override with `make install TORCH_PAIR="torch==X torchvision==Y"`.
+TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PAIR)
+	$(BIN)/python -m pip install -q -e ".[dev]" $(TORCH_PAIR)
+	touch $(STAMP)
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check mmrad tests scripts
+	$(BIN)/ruff format --check mmrad tests scripts
+
+format: install
+	$(BIN)/ruff check --fix mmrad tests scripts
+	$(BIN)/ruff format mmrad tests scripts
+
+clean:
+	rm -rf $(VENV) build *.egg-info

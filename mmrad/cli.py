@@ -1,0 +1,137 @@
+"""The ``mmrad`` command line: parse, load config, set up logging, make one library call.
+
+Heavy modules (torch, open_clip, transformers, evaluate) are imported inside the command functions so that
+``mmrad --help`` starts fast. Exit codes: 0 success, 1 failure (one-line message; ``--debug`` shows the traceback),
+2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from mmrad import __version__
+
+logger = logging.getLogger("mmrad")
+
+# name -> function(subparsers) that adds the command; commands register themselves below
+_COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
+
+
+def command(name: str):
+    def register(add: Callable[[argparse._SubParsersAction], None]):
+        _COMMANDS[name] = add
+        return add
+
+    return register
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# info
+# ----------------------------------------------------------------------------------------------------------------
+
+_INFO_PACKAGES = (
+    "torch", "torchvision", "open_clip_torch", "timm", "transformers", "tokenizers", "peft", "accelerate",
+    "datasets", "evaluate", "huggingface_hub", "safetensors", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg", "numpy", "pillow",
+)  # fmt: skip
+
+
+@command("info")
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="versions, DICOM codecs and the device Accelerate would use")
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    print(f"mmrad {__version__} (Python {platform.python_version()}, {platform.machine()})")
+    print("\npackages:")
+    for name in _INFO_PACKAGES:
+        try:
+            print(f"  {name:<20} {version(name)}")
+        except PackageNotFoundError:
+            print(f"  {name:<20} not installed")
+
+    from mmrad.data.dicom import decodable_transfer_syntaxes
+
+    print("\nDICOM transfer syntaxes:")
+    for name, ok in decodable_transfer_syntaxes().items():
+        print(f"  {'yes' if ok else 'NO ':<4} {name}")
+
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState()
+    print("\ndevice:")
+    print(f"  accelerate device    {state.device}")
+    print(f"  cuda available       {torch.cuda.is_available()} ({torch.cuda.device_count()} device(s))")
+    print(f"  cpu threads          {torch.get_num_threads()}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmrad",
+        description="Multimodal radiology: fine-tune image x report models, classify, ground and query scans.",
+    )
+    parser.add_argument("--version", action="version", version=f"mmrad {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in _COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("mmrad")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``mmrad`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version (0) and usage errors (2)
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    _setup_logging(args)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("mmrad: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"mmrad: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

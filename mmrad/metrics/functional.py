@@ -259,7 +259,9 @@ def iou_at_thresholds(
 
 
 def grounding_metrics(
-    heatmaps: Sequence[np.ndarray], masks: Sequence[np.ndarray], thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5)
+    heatmaps: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5),
 ) -> dict:
     """Mean pointing game, CNR and IoU@t over (heatmap, mask) pairs; pairs with an empty mask are skipped."""
     hits, cnrs, ious = [], [], {f"iou@{t:g}": [] for t in thresholds}

@@ -12,7 +12,9 @@ def test_shipped_bank_covers_chexpert_and_never_negates_no_finding():
         p = bank.prompts(name)
         assert p.positive and p.negative and not set(p.positive) & set(p.negative)
         for text in p.positive + p.negative:
-            assert "no no " not in text.lower() and "no finding" not in text.lower()
+            assert "no no " not in text.lower() and text.lower() != "no finding"
+    no_finding = bank.prompts("No Finding")
+    assert all("no finding" not in t.lower() for t in no_finding.positive + no_finding.negative)
     effusion = bank.prompts("Pleural Effusion")
     assert "there is pleural effusion" in effusion.positive and "no pleural effusion" in effusion.negative
 

@@ -76,6 +76,72 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# ingest
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@command("ingest")
+def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ingest",
+        help="build a cached, labelled, patient-split corpus from a manifest or a folder of studies",
+        description="Decode images once, label reports, split by patient; bad rows go to OUT/rejects.csv.",
+    )
+    p.add_argument("manifest", metavar="MANIFEST", help="CSV, JSONL or Parquet manifest, or a folder of studies")
+    p.add_argument("--out", required=True, metavar="DIR", help="corpus folder (datasets.load_from_disk works on it)")
+    p.add_argument("--image-size", type=int, default=512, help="longest side of the cached images (default 512)")
+    p.add_argument("--num-proc", type=int, default=1, help="processes decoding images (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient split (default 0)")
+    p.add_argument("--split", default="0.8,0.1,0.1", help="train,validation,test fractions (default 0.8,0.1,0.1)")
+    p.add_argument(
+        "--labels",
+        default="both",
+        metavar="SOURCE",
+        help="manifest (finding columns only), both (manifest where given, else the report labeler; default), "
+        "or a vocabulary (chexpert, nih14, FILE.yaml) to label from reports only",
+    )
+    p.add_argument("--vocabulary", default="chexpert", help="finding names for --labels manifest|both")
+    p.add_argument("--keep-report-text", action="store_true", help="store reports as written (no de-identification)")
+    p.add_argument("--force", action="store_true", help="rebuild even if OUT already holds this corpus")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_run_ingest)
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    from mmrad.data.corpus import ingest
+
+    summary = ingest(
+        args.manifest,
+        args.out,
+        image_size=args.image_size,
+        num_proc=args.num_proc,
+        seed=args.seed,
+        split=args.split,
+        labels=args.labels,
+        vocabulary=args.vocabulary,
+        keep_report_text=args.keep_report_text,
+        force=args.force,
+        progress=not args.no_progress,
+    )
+    info = summary.info
+    splits = ", ".join(f"{name} {count}" for name, count in info.num_rows.items())
+    if summary.reused:
+        print(f"{summary.out_dir} already holds this corpus ({splits}); nothing to do (--force rebuilds)")
+    else:
+        took = f"{summary.seconds:.1f} s"
+        print(f"ingested {summary.kept} of {info.total} rows into {summary.out_dir} ({splits}) in {took}")
+    if info.rejected:
+        print(f"rejected {info.rejected} row(s), listed in {summary.rejects_path}:")
+        for reason, count in info.reject_reasons.items():
+            print(f"  {count:>6}  {reason}")
+    else:
+        print("rejected 0 rows")
+    sources = ", ".join(f"{k} {v}" for k, v in info.label_sources.items())
+    print(f"labels: {len(info.label_names)} findings ({', '.join(info.label_names)}); from {sources or 'none'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------------------
 

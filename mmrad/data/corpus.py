@@ -1,0 +1,470 @@
+"""Ingest: a manifest of images and reports -> a cached, labelled, patient-split ``datasets.DatasetDict`` on disk.
+
+:func:`ingest` decodes every image once (DICOM windowing and MONOCHROME1 through :func:`load_image`), resizes it so
+that the longest side is ``image_size`` and stores it as lossless PNG (16-bit when the source has more than 8 bits).
+Reports are de-identified, split into sections and sentences, and labelled from the manifest or by the report
+labeler. Rows are split by patient. Bad rows are skipped, counted and written to ``rejects.csv`` (``row,path,reason``);
+nothing is dropped silently. :func:`load_corpus` reads the result back with its :class:`CorpusInfo`.
+
+Work is cached under ``DIR/.mmrad_cache``: images are decoded in shards of ``SHARD_ROWS`` manifest rows, each stored
+under a hash of its files (path, size, mtime) and the decode options, so an interrupted or repeated run decodes only
+what changed. A finished corpus records a hash of the whole input; re-running with the same input does nothing.
+
+Row schema (one row per image): ``image`` (PNG), ``report``, ``findings``, ``impression``, ``sentences``,
+``labels`` (float32, NaN = unknown, aligned to ``CorpusInfo.label_names``), ``label_source`` (``manifest``,
+``labeler`` or ``manifest+labeler``), ``boxes`` (``label, x, y, w, h`` in cached-image pixels), ``masks``
+(``label``, ``mask`` PNG at the cached size), ``patient_key``/``study_key`` (salted hashes), ``view``, ``height``,
+``width``, ``orig_height``, ``orig_width``, ``source_format``, ``bit_depth``, ``manifest_row``. No raw identifiers and
+no source paths are stored.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from mmrad import __version__
+from mmrad.data.imagecache import (
+    SHARD_ROWS,
+    DecodeOptions,
+    Shard,
+    decode_shards,
+    digest,
+    quiet_datasets,
+    shard_features,
+    shard_key,
+)
+from mmrad.data.manifest import Manifest, ManifestError, ManifestRow, Reject, read_manifest
+from mmrad.data.privacy import default_salt, deidentify_text, hash_identifier
+from mmrad.data.splits import SPLIT_NAMES, parse_fractions, patient_split
+from mmrad.errors import MMRadError
+
+logger = logging.getLogger(__name__)
+
+CORPUS_VERSION = 1  # bump when the corpus layout changes
+INFO_FILE = "mmrad_corpus.json"
+REJECTS_FILE = "rejects.csv"
+CACHE_DIR = ".mmrad_cache"
+BOX_TOLERANCE = 1.0  # pixels a box may exceed the image by (rounding in the source annotations)
+
+
+@dataclass
+class CorpusInfo:
+    """What a corpus folder holds, stored as ``mmrad_corpus.json`` beside the splits."""
+
+    label_names: list[str]
+    labels: str  # "manifest", "both", or the labeler's vocabulary
+    vocabulary: str
+    image_size: int
+    seed: int
+    split: list[float]
+    num_rows: dict[str, int]  # split -> rows
+    total: int  # manifest records read
+    rejected: int
+    reject_reasons: dict[str, int]  # reason category -> count
+    label_sources: dict[str, int]
+    deidentified: bool  # report text went through deidentify_text
+    key: str  # hash of everything the corpus was built from
+    mmrad_version: str = __version__
+    corpus_version: int = CORPUS_VERSION
+
+
+@dataclass
+class IngestSummary:
+    """What :func:`ingest` did; the CLI prints it."""
+
+    out_dir: Path
+    info: CorpusInfo
+    reused: bool  # the finished corpus already matched the input: nothing was done
+    shards_reused: int = 0
+    shards_decoded: int = 0
+    seconds: float = 0.0
+
+    @property
+    def kept(self) -> int:
+        return sum(self.info.num_rows.values())
+
+    @property
+    def rejected(self) -> int:
+        return self.info.rejected
+
+    @property
+    def rejects_path(self) -> Path:
+        return self.out_dir / REJECTS_FILE
+
+
+# --------------------------------------------------------------------------------------------------------- features
+
+
+def corpus_features():
+    """The ``datasets.Features`` of a corpus split."""
+    from datasets import Features, Image, Sequence, Value
+
+    box = {k: Value("float32") for k in ("x", "y", "w", "h")}
+    return Features(
+        {
+            "image": Image(),
+            "report": Value("string"),
+            "findings": Value("string"),
+            "impression": Value("string"),
+            "sentences": Sequence(Value("string")),
+            "labels": Sequence(Value("float32")),
+            "label_source": Value("string"),
+            "boxes": [{"label": Value("string"), **box}],
+            "masks": [{"label": Value("string"), "mask": Image()}],
+            "patient_key": Value("string"),
+            "study_key": Value("string"),
+            "view": Value("string"),
+            "height": Value("int32"),
+            "width": Value("int32"),
+            "orig_height": Value("int32"),
+            "orig_width": Value("int32"),
+            "source_format": Value("string"),
+            "bit_depth": Value("int32"),
+            "manifest_row": Value("int64"),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------- ingest
+
+
+def _label_mode(labels: str, vocabulary: str) -> tuple[str, str]:
+    if labels in ("manifest", "both"):
+        return labels, vocabulary
+    return "labeler", labels  # a vocabulary name or file: labels from the report labeler only
+
+
+def reason_category(reason: str) -> str:
+    """The fixed part of a reject reason ("truncated or malformed pixel data (...)" -> "truncated or ...")."""
+    return re.split(r" \(|: | '| \"| in column", reason, maxsplit=1)[0].strip() or reason
+
+
+def _scale_boxes(row: ManifestRow, orig: tuple[int, int], size: tuple[int, int]) -> list[dict]:
+    (h0, w0), (h, w) = orig, size
+    sx, sy = w / w0, h / h0
+    boxes = []
+    for b in row.boxes:
+        if (
+            b["x"] < -BOX_TOLERANCE
+            or b["y"] < -BOX_TOLERANCE
+            or b["x"] + b["w"] > w0 + BOX_TOLERANCE
+            or (b["y"] + b["h"] > h0 + BOX_TOLERANCE)
+        ):
+            raise ValueError(f"bad boxes: box {b['label']!r} lies outside the {w0}x{h0} image")
+        x0, y0 = max(b["x"], 0.0), max(b["y"], 0.0)
+        x1, y1 = min(b["x"] + b["w"], w0), min(b["y"] + b["h"], h0)
+        boxes.append({"label": b["label"], "x": x0 * sx, "y": y0 * sy, "w": (x1 - x0) * sx, "h": (y1 - y0) * sy})
+    return boxes
+
+
+def _label_rows(rows: list[ManifestRow], label_names: list[str], mode: str, vocabulary: str, num_proc: int,
+                progress: bool, texts: list[str]) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+    """(N, K) labels and a label source per row: manifest cells where given, the labeler for the rest."""
+    labels = np.full((len(rows), len(label_names)), np.nan, dtype=np.float32)
+    from_manifest = np.zeros(labels.shape, dtype=bool)
+    for i, row in enumerate(rows):
+        for k, name in enumerate(label_names):
+            if mode != "labeler" and name in row.labels:
+                labels[i, k], from_manifest[i, k] = row.labels[name], True
+    need = [] if mode == "manifest" else [i for i in range(len(rows)) if not from_manifest[i].all()]
+    if need:
+        from mmrad.data.labeler import ReportLabeler
+
+        labeler = ReportLabeler(vocabulary)
+        known = [n for n in label_names if n in labeler.label_names]
+        cols = [label_names.index(n) for n in known]
+        results = labeler.label_many([texts[i] for i in need], num_workers=num_proc, progress=progress)
+        for i, result in zip(need, results, strict=True):
+            values = np.asarray(result.as_array(known), dtype=np.float32)
+            keep = ~from_manifest[i, cols]
+            labels[i, np.asarray(cols)[keep]] = values[keep]
+    sources = []
+    for i in range(len(rows)):
+        given = from_manifest[i].all() or mode == "manifest"
+        sources.append("manifest" if given else "labeler" if not from_manifest[i].any() else "manifest+labeler")
+    return labels, sources
+
+
+def _parse_reports(texts: list[str], progress: bool) -> list[tuple[str, str, list[str]]]:
+    from tqdm.auto import tqdm
+
+    from mmrad.data.reports import parse_report
+
+    out = []
+    for text in tqdm(texts, desc="parsing reports", unit="report", disable=not progress or len(texts) < 1000):
+        report = parse_report(text)
+        out.append((report.findings or "", report.impression or "", [s.text for s in report.sentences]))
+    return out
+
+
+def _corpus_key(manifest: Manifest, shards: list[Shard], opts: DecodeOptions, settings: dict) -> str:
+    rows = [dataclasses.asdict(r) for r in manifest.rows]
+    return digest(CORPUS_VERSION, __version__, settings, digest(opts.salt), [s.key for s in shards], rows,
+                   [dataclasses.asdict(r) for r in manifest.rejects])  # fmt: skip
+
+
+def ingest(
+    manifest: str | PathLike,
+    out_dir: str | PathLike,
+    *,
+    image_size: int = 512,
+    num_proc: int = 1,
+    seed: int = 0,
+    split: str | tuple[float, float, float] = (0.8, 0.1, 0.1),
+    labels: str = "both",
+    vocabulary: str = "chexpert",
+    window: str | tuple[float, float] = "auto",
+    invert_monochrome1: bool = True,
+    keep_report_text: bool = False,
+    salt: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> IngestSummary:
+    """Build a cached corpus from a manifest (CSV, JSONL, Parquet) or a folder tree of studies.
+
+    Args:
+        manifest: the manifest file, or a folder where each study folder holds images and a ``report.txt``.
+        out_dir: the corpus folder; ``datasets.load_from_disk(out_dir)`` gives train/validation/test.
+        image_size: longest side of the cached images (aspect ratio kept).
+        num_proc: processes decoding images (and labelling reports).
+        seed: the patient split's seed.
+        split: train, validation and test fractions (``"0.8,0.1,0.1"``).
+        labels: ``"manifest"`` (finding columns only), ``"both"`` (manifest cells where given, the report labeler
+            for the rest), or a vocabulary (``"chexpert"``, ``"nih14"``, a YAML file) to label only from reports.
+        vocabulary: the findings (label names) for ``"manifest"`` and ``"both"``.
+        window, invert_monochrome1: DICOM display handling, passed to :func:`load_image`.
+        keep_report_text: store report text as written instead of de-identified (names, IDs, dates removed).
+        salt: salt for the patient/study hashes (default: :func:`mmrad.data.privacy.default_salt`).
+        force: rebuild even when the finished corpus matches the input (decoded shards are still reused).
+        progress: show progress bars.
+
+    Returns:
+        An :class:`IngestSummary`; its ``info`` is also saved as ``out_dir/mmrad_corpus.json``.
+
+    Raises:
+        ManifestError: the manifest cannot be read or lacks required columns.
+        ValueError: bad options (split fractions, image size, labels mode).
+    """
+    from mmrad.labels import load_vocabulary
+
+    start = time.perf_counter()
+    fractions = parse_fractions(split)
+    if image_size < 8:
+        raise ValueError(f"image_size must be >= 8, got {image_size}")
+    mode, vocab = _label_mode(labels, vocabulary)
+    vocab_names = load_vocabulary(vocab).names
+    table = read_manifest(manifest, vocab_names)
+    if mode == "manifest":
+        label_names = [n for n in vocab_names if n in table.label_columns.values()]
+        if not label_names:
+            raise ManifestError(f"{manifest}: --labels manifest needs finding columns named after {vocab!r} findings")
+    else:
+        label_names = vocab_names
+    if not keep_report_text:
+        for row in table.rows:
+            row.report = deidentify_text(row.report)
+    else:
+        logger.warning("report text is stored as written: make sure it holds no patient identifiers")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / CACHE_DIR / "shards"
+    opts = DecodeOptions(image_size, window if isinstance(window, str) else tuple(window), invert_monochrome1,
+                    salt if salt is not None else default_salt())  # fmt: skip
+    shards = [Shard([(r.row, r.path, r.masks) for r in table.rows[i : i + SHARD_ROWS]])
+              for i in range(0, len(table.rows), SHARD_ROWS)]  # fmt: skip
+    for s in shards:
+        s.key = shard_key(s, opts)
+    settings = {
+        "mode": mode,
+        "vocabulary": vocab,
+        "seed": seed,
+        "split": fractions,
+        "deid": not keep_report_text,
+        "vocab_digest": digest([dataclasses.asdict(f) for f in load_vocabulary(vocab).findings.values()]),
+    }
+    key = _corpus_key(table, shards, opts, settings)
+    existing = _read_info(out)
+    if not force and existing is not None and existing.key == key and (out / "dataset_dict.json").is_file():
+        logger.info("%s already holds this corpus (same manifest, files and options): nothing to do", out)
+        return IngestSummary(out, existing, reused=True, shards_reused=len(shards),
+                             seconds=time.perf_counter() - start)  # fmt: skip
+
+    decoded = decode_shards(shards, opts, cache, num_proc, progress)
+    logger.info("images: %d shard(s) decoded, %d reused from %s", decoded, len(shards) - decoded, cache)
+
+    from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
+
+    rejects = list(table.rejects)
+    parts = []
+    for s in shards:
+        part = load_from_disk(str(cache / s.key))
+        if len(part):  # empty tables break datasets' column-wise concatenation
+            parts.append(part)
+        rejects += [Reject(r, "", reason) for r, reason in json.loads((cache / s.key / "rejects.json").read_text())]
+    features = shard_features()
+    images = concatenate_datasets(parts) if parts else Dataset.from_dict({k: [] for k in features}, features=features)
+    by_row = {r.row: r for r in table.rows}
+    decoded_rows = images.data.column("manifest_row").to_pylist()
+    size_cols = {c: images.data.column(c).to_pylist() for c in ("height", "width", "orig_height", "orig_width")}
+    boxes, keep = [], []
+    for pos, r in enumerate(decoded_rows):
+        orig = (size_cols["orig_height"][pos], size_cols["orig_width"][pos])
+        try:
+            boxes.append(_scale_boxes(by_row[r], orig, (size_cols["height"][pos], size_cols["width"][pos])))
+            keep.append(pos)
+        except ValueError as err:
+            boxes.append([])
+            rejects.append(Reject(r, "", str(err)))
+    rows = [by_row[decoded_rows[p]] for p in keep]
+    texts = [r.report for r in rows]
+    sections = _parse_reports(texts, progress)
+    label_array, sources = _label_rows(rows, label_names, mode, vocab, num_proc, progress, texts)
+    assignment = patient_split([r.patient_id for r in rows], label_array, fractions, seed)
+
+    # one metadata row per decoded image (rows rejected above get placeholders and are never selected)
+    dicom_view = images.data.column("dicom_view").to_pylist()
+    dicom_study = images.data.column("dicom_study_key").to_pylist()
+    meta = {k: [None] * len(decoded_rows) for k in ("report", "findings", "impression", "sentences", "labels",
+                                                    "label_source", "patient_key", "study_key", "view")}  # fmt: skip
+    meta["boxes"] = boxes
+    for i, (pos, row) in enumerate(zip(keep, rows, strict=True)):
+        meta["report"][pos] = row.report
+        meta["findings"][pos], meta["impression"][pos], meta["sentences"][pos] = sections[i]
+        meta["labels"][pos] = label_array[i].tolist()
+        meta["label_source"][pos] = sources[i]
+        meta["patient_key"][pos] = hash_identifier(row.patient_id, opts.salt)
+        meta["study_key"][pos] = (
+            hash_identifier(row.study_id, opts.salt)
+            if row.study_id
+            else dicom_study[pos] or hash_identifier(f"{row.patient_id}/{row.image}", opts.salt)
+        )
+        meta["view"][pos] = row.view or dicom_view[pos] or ""
+    full_features = corpus_features()
+    meta_ds = Dataset.from_dict(meta, features=_subset(full_features, meta))
+    if len(images):
+        full = concatenate_datasets([images, meta_ds], axis=1).remove_columns(["dicom_view", "dicom_study_key"])
+        full = full.select_columns(list(full_features))
+    else:
+        full = Dataset.from_dict({k: [] for k in full_features}, features=full_features)
+    positions = {name: [keep[i] for i, s in enumerate(assignment) if s == k] for k, name in enumerate(SPLIT_NAMES)}
+    splits = DatasetDict({name: full.select(pos) for name, pos in positions.items()})
+    for name, pos in positions.items():
+        if not pos and fractions[SPLIT_NAMES.index(name)] > 0:
+            logger.warning("the %s split is empty (too few patients for the requested fractions)", name)
+
+    rejects.sort(key=lambda r: r.row)
+    path_of = {r.row: r.image for r in table.rows}
+    reasons = Counter(reason_category(r.reason) for r in rejects)
+    info = CorpusInfo(
+        label_names=label_names,
+        labels=mode if mode != "labeler" else vocab,
+        vocabulary=vocab,
+        image_size=image_size,
+        seed=seed,
+        split=list(fractions),
+        num_rows={name: len(pos) for name, pos in positions.items()},
+        total=table.total,
+        rejected=len(rejects),
+        reject_reasons=dict(reasons.most_common()),
+        label_sources=dict(Counter(sources).most_common()),
+        deidentified=not keep_report_text,
+        key=key,
+    )
+    _write_corpus(out, splits, info, [(r.row, r.path or path_of.get(r.row, ""), r.reason) for r in rejects])
+    _clean_cache(cache, {s.key for s in shards})
+    logger.info("corpus %s: %d row(s) kept, %d rejected (%s)", out, sum(info.num_rows.values()), len(rejects),
+                out / REJECTS_FILE)  # fmt: skip
+    return IngestSummary(out, info, reused=False, shards_reused=len(shards) - decoded, shards_decoded=decoded,
+                         seconds=time.perf_counter() - start)  # fmt: skip
+
+
+def _subset(features, columns):
+    from datasets import Features
+
+    return Features({k: features[k] for k in columns})
+
+
+def _write_corpus(out: Path, splits, info: CorpusInfo, rejects: list[tuple[int, str, str]]) -> None:
+    """Write splits, rejects.csv and the info file so that a crash never leaves a corpus that looks finished."""
+    staging = out / CACHE_DIR / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    with quiet_datasets():
+        # datasets cannot load an empty split saved with zero shards: give empty splits one (empty) shard
+        splits.save_to_disk(str(staging), num_shards={name: 1 for name, split in splits.items() if not len(split)})
+    with (staging / REJECTS_FILE).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", "path", "reason"])
+        writer.writerows(rejects)
+    (out / INFO_FILE).unlink(missing_ok=True)  # the info file marks a finished corpus: it goes first, comes last
+    for name in ["dataset_dict.json", REJECTS_FILE, *splits]:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(staging / name, target)
+    shutil.rmtree(staging, ignore_errors=True)
+    tmp = out / f"{INFO_FILE}.tmp"
+    tmp.write_text(json.dumps(dataclasses.asdict(info), indent=2, allow_nan=False), encoding="utf-8")
+    os.replace(tmp, out / INFO_FILE)
+
+
+def _clean_cache(cache: Path, keep: set[str]) -> None:
+    if not cache.is_dir():
+        return
+    for entry in cache.iterdir():
+        if entry.name not in keep:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _read_info(path: Path) -> CorpusInfo | None:
+    try:
+        data = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    known = {f.name for f in dataclasses.fields(CorpusInfo)}
+    try:
+        return CorpusInfo(**{k: v for k, v in data.items() if k in known})
+    except TypeError:
+        return None
+
+
+def load_corpus(path: str | PathLike):
+    """Load an ingested corpus.
+
+    Returns:
+        ``(splits, info)``: the ``datasets.DatasetDict`` (train/validation/test) and its :class:`CorpusInfo`
+        (``info.label_names`` is aligned to each row's ``labels``).
+
+    Raises:
+        MMRadError: the folder is not a finished mmrad corpus.
+    """
+    from datasets import load_from_disk
+
+    path = Path(path)
+    info = _read_info(path)
+    if info is None or not (path / "dataset_dict.json").is_file():
+        raise MMRadError(f"{path}: not an mmrad corpus (no {INFO_FILE}; build one with `mmrad ingest`)")
+    if info.corpus_version > CORPUS_VERSION:
+        raise MMRadError(f"{path}: corpus format {info.corpus_version} is newer than this mmrad ({CORPUS_VERSION})")
+    return load_from_disk(str(path)), info
+
+
+def corpus_label_matrix(split) -> np.ndarray:
+    """The (N, K) float32 labels of a split, read without decoding images."""
+    values = list(split.select_columns(["labels"])["labels"])
+    if not values:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.asarray(values, dtype=np.float32)

@@ -1,0 +1,205 @@
+"""Decode each image once into cached shards: the expensive half of :func:`mmrad.data.corpus.ingest`.
+
+Manifest rows are decoded in shards of ``SHARD_ROWS`` rows. A shard is a small ``datasets`` folder (PNG bytes at the
+cached size, sizes, masks, DICOM view and hashed study key) plus ``rejects.json`` with the reason of every row that
+failed; it is stored under a hash of its files (path, size, mtime) and the decode options and written atomically,
+so an interrupted or repeated ingest decodes only what changed. Shards hold no source paths or raw identifiers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmrad.errors import MMRadImageError
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when decoding or the shard layout changes
+SHARD_ROWS = 64  # manifest rows per shard
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    image_size: int
+    window: str | tuple[float, float]
+    invert_monochrome1: bool
+    salt: str
+
+
+@dataclass
+class Shard:
+    items: list[tuple[int, str, dict[str, str]]]  # (manifest row, image path, {finding: mask path})
+    key: str = ""
+
+
+def shard_features():
+    from datasets import Features, Image, Value
+
+    return Features(
+        {
+            "manifest_row": Value("int64"),
+            "image": Image(),
+            "masks": [{"label": Value("string"), "mask": Image()}],
+            **{k: Value("int32") for k in ("height", "width", "orig_height", "orig_width", "bit_depth")},
+            "source_format": Value("string"),
+            "dicom_view": Value("string"),
+            "dicom_study_key": Value("string"),
+        }
+    )
+
+
+@contextmanager
+def quiet_datasets():
+    """Hide datasets' own progress bars while we show ours."""
+    from datasets.utils import logging as ds_logging
+
+    was = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            ds_logging.enable_progress_bar()
+
+
+# --------------------------------------------------------------------------------------------------------- decoding
+
+
+def encode_png(arr: np.ndarray, bits: int = 8) -> bytes:
+    """float [0, 1] (H, W) or (H, W, 3), or bool masks, as PNG bytes (16-bit grey when ``bits == 16``)."""
+    from PIL import Image
+
+    if arr.dtype == bool:
+        img = Image.fromarray(arr.astype(np.uint8) * 255, "L")
+    elif bits == 16 and arr.ndim == 2:
+        img = Image.fromarray(np.round(arr * 65535.0).astype(np.uint16))
+    else:
+        img = Image.fromarray(np.round(arr * 255.0).astype(np.uint8), "RGB" if arr.ndim == 3 else "L")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
+
+
+def _decode_row(row: int, path: str, masks: dict[str, str], opts: DecodeOptions) -> dict:
+    from mmrad.data.images import load_image, resize_longest
+
+    arr, meta = load_image(path, window=opts.window, invert_monochrome1=opts.invert_monochrome1, salt=opts.salt)
+    h0, w0 = arr.shape[:2]
+    small = resize_longest(arr, opts.image_size)
+    encoded_masks = []
+    for label, mask_path in masks.items():
+        try:
+            mask, _ = load_image(mask_path)
+        except MMRadImageError as err:
+            raise ValueError(f"bad mask for {label!r}: {err.reason}") from None
+        mask = mask.mean(axis=-1) if mask.ndim == 3 else mask
+        if mask.shape != (h0, w0):
+            raise ValueError(f"bad mask for {label!r}: {mask.shape[1]}x{mask.shape[0]}, the image is {w0}x{h0}")
+        small_mask = resize_longest(mask, opts.image_size) >= 0.5
+        encoded_masks.append({"label": label, "mask": {"bytes": encode_png(small_mask), "path": None}})
+    dicom = meta.dicom
+    return {
+        "manifest_row": row,
+        "image": {"bytes": encode_png(small, 16 if meta.bit_depth > 8 else 8), "path": None},
+        "masks": encoded_masks,
+        "height": small.shape[0],
+        "width": small.shape[1],
+        "orig_height": h0,
+        "orig_width": w0,
+        "source_format": meta.format,
+        "bit_depth": meta.bit_depth,
+        "dicom_view": dicom.view_position if dicom else None,
+        "dicom_study_key": dicom.study_key if dicom else None,
+    }
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core already
+
+
+def _build_shard(shard: Shard, opts: DecodeOptions, shard_dir: str) -> tuple[int, list[tuple[int, str]]]:
+    """Decode one shard's images into ``shard_dir`` (written atomically); returns (rows kept, [(row, reason)])."""
+    from datasets import Dataset
+
+    rows, rejects = [], []
+    for row, path, masks in shard.items:
+        try:
+            rows.append(_decode_row(row, path, masks, opts))
+        except MMRadImageError as err:
+            rejects.append((row, err.reason))
+        except ValueError as err:
+            rejects.append((row, str(err)))
+        except Exception as err:  # one strange file must not stop a long ingest; the reason goes to rejects.csv
+            logger.warning("row %d: unexpected %s while reading the image", row, type(err).__name__)
+            rejects.append((row, f"unexpected error reading the image ({type(err).__name__}: {err})"))
+    features = shard_features()
+    tmp = f"{shard_dir}.tmp{os.getpid()}"
+    with quiet_datasets():
+        # one shard even when empty: datasets cannot load a dataset saved with zero shards
+        Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features).save_to_disk(
+            tmp, num_shards=1
+        )
+    Path(tmp, "rejects.json").write_text(json.dumps(rejects), encoding="utf-8")
+    try:
+        os.replace(tmp, shard_dir)
+    except OSError:  # another run finished the same shard first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return len(rows), rejects
+
+
+def _stat(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:32]
+
+
+def shard_key(shard: Shard, opts: DecodeOptions) -> str:
+    files = [[row, path, _stat(path), sorted((k, p, _stat(p)) for k, p in masks.items())]
+             for row, path, masks in shard.items]  # fmt: skip
+    return digest(CACHE_VERSION, opts.image_size, opts.window, opts.invert_monochrome1, digest(opts.salt), files)
+
+
+def decode_shards(shards: list[Shard], opts: DecodeOptions, cache: Path, num_proc: int, progress: bool) -> int:
+    """Decode the shards missing from ``cache``; returns how many were decoded."""
+    from tqdm.auto import tqdm
+
+    todo = [s for s in shards if not (cache / s.key).is_dir()]
+    if not todo:
+        return 0
+    cache.mkdir(parents=True, exist_ok=True)
+    total = sum(len(s.items) for s in todo)
+    with tqdm(total=total, desc="decoding images", unit="img", disable=not progress) as bar:
+        if num_proc <= 1:
+            for s in todo:
+                _build_shard(s, opts, str(cache / s.key))
+                bar.update(len(s.items))
+        else:
+            import multiprocessing
+
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            ctx = multiprocessing.get_context(method)
+            with ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_worker_init) as pool:
+                futures = {pool.submit(_build_shard, s, opts, str(cache / s.key)): s for s in todo}
+                for future in as_completed(futures):
+                    future.result()
+                    bar.update(len(futures[future].items))
+    return len(todo)

@@ -1,0 +1,386 @@
+"""Phrase matching and the context of a mention: negation, uncertainty and their scope.
+
+The rules follow the NegEx family (Chapman et al. 2001; its pseudo-negations and scope terminators) and the
+CheXpert labeler's idea of uncertainty as its own class, written here from scratch in plain regular expressions.
+
+- :func:`compile_phrases` turns many phrases into one regular expression (a trie of words, so a sentence is read in
+  one pass). A phrase is a list of words matched case-insensitively on word boundaries; spaces also match a hyphen
+  ("air space" matches "air-space"), a hyphen inside a word may also be a space or nothing, the last word may take a
+  plural "s"/"es", and the word ``...`` stands for a gap of up to four words inside one clause ("heart ... enlarged"
+  matches "heart size is mildly enlarged").
+- :data:`CUES` lists the context words. A cue is a negation (``neg``) or uncertainty (``unc``) trigger with a scope
+  before (``pre``: "no", "possible") or after (``post``: "has resolved", "cannot be excluded") the mention, a
+  pseudo-trigger (``pseudo``: "no change in", "not only"; the mention stays positive), a clause end (``stop``:
+  "but", "however", ";", "there is", positive predicates such as "is seen"), a copula (``copula``: "is", "are",
+  which ends the forward scope of a pre-trigger only) or an alternative (``alt``: "or", "versus", which makes
+  the two mentions around it uncertain).
+- :func:`resolve` decides the value of one mention from the cues of its sentence: the nearest trigger in scope
+  wins; a scope runs through lists ("no effusion, pneumothorax or edema") and ends at a clause end, at a trigger
+  with the other direction, and (for subject-predicate mentions such as "heart ... enlarged") at a comma.
+  A negated uncertainty ("no findings to suggest pneumonia") is a negation; double negations that mean
+  uncertainty ("cannot exclude", "not ruled out") are cues of their own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+GAP = "..."
+_SEP = r"(?:\s*-\s*|\s+)"
+_GAP_STOP = r"(?:and|but|or|nor|versus|vs|with|without|however|although|though|which|while|whereas)\b"
+_GAP_RE = rf"(?:\s+(?!{_GAP_STOP})[^\s.,;:!?()\[\]]+){{0,4}}?\s+"
+_PLURAL = r"(?:e?s)?"
+
+POS, NEG, UNC = 1.0, 0.0, -1.0
+
+# effect -> direction -> phrases. "both" triggers apply before and after the mention.
+CUES: dict[str, dict[str, list[str]]] = {
+    "neg": {
+        "pre": [
+            "no", "not", "without", "negative for", "free of", "clear of", "absence of", "absent", "no evidence of",
+            "no evidence for", "no evidence to", "no signs of", "no sign of", "no findings of",
+            "no radiographic evidence of", "no radiographic evidence for", "without evidence of", "no convincing",
+            "lack of", "lacks", "rather than", "instead of", "resolution of", "interval resolution of",
+            "near resolution of", "removal of",
+            "nor", "neither", "never", "none", "nothing", "no longer", "rules out", "ruled out",
+            "exclude", "excludes", "excluding", "denies", "resolved", "no definite", "no definitive", "no new",
+            "no visible", "no visualized", "no identifiable", "no demonstrable", "do not demonstrate",
+            "does not demonstrate", "did not demonstrate", "do not show", "does not show", "did not show",
+            "do not reveal", "does not reveal", "not demonstrate", "not show", "not reveal", "without any",
+        ],
+        "post": [
+            "not seen", "not identified", "not present", "not visualized", "not appreciated", "not evident",
+            "not demonstrated", "not noted", "not detected", "not visible", "not apparent", "not observed",
+            "not clearly seen", "not definitely seen", "not shown", "no longer seen",
+            "no longer present", "no longer visualized", "no longer identified", "no longer evident",
+            "no longer apparent", "no longer demonstrated", "no longer noted", "no longer visible",
+            "has resolved", "have resolved", "had resolved", "has cleared", "have cleared", "cleared",
+            "has been removed", "have been removed", "removed", "was removed", "were removed", "absent",
+            "is absent", "are absent", "excluded", "ruled out", "resolved", "has disappeared", "disappeared",
+            "is negative", "are negative", "negative", "gone", "has been withdrawn", "withdrawn",
+        ],
+    },
+    "unc": {
+        "pre": [
+            "possible", "possibly", "probable", "probably", "likely", "most likely", "more likely", "less likely",
+            "may represent", "may reflect", "may be", "may indicate", "might represent", "could represent",
+            "could reflect", "could be", "can represent", "likely represents", "likely reflects", "may have",
+            "suspicious for", "suspicious of", "suspect", "suspected", "suspicion of", "suspicion for", "concern for",
+            "concerning for", "concerning", "worrisome for", "worrisome", "questionable", "question of", "question",
+            "questioned", "?", "suggest", "suggests", "suggested", "suggesting", "suggestive of", "suggestion of",
+            "to suggest", "to indicate", "indicative of", "that would suggest", "which would suggest",
+            "to account for", "cannot exclude", "can not exclude", "can't exclude", "cannot rule out",
+            "can not rule out", "can't rule out", "not exclude", "does not exclude", "do not exclude",
+            "differential", "differential diagnosis", "differential considerations", "ddx", "consider",
+            "considered", "considerations include", "r/o", "rule out", "evaluate for", "to evaluate for",
+            "to exclude", "borderline", "equivocal", "indeterminate", "uncertain", "unclear", "not certain whether",
+            "not certain if", "not clear whether", "not clear if", "not sure whether", "presumed", "presumably",
+            "presumptive", "perhaps", "apparent", "vague", "may", "might", "could", "either",
+            "raises the possibility of", "correlate for", "correlate clinically for", "clinical correlation for",
+            "maybe",
+        ],
+        "post": [
+            "cannot be excluded", "can not be excluded", "can't be excluded", "not excluded", "not ruled out",
+            "cannot be ruled out", "can not be ruled out", "not entirely excluded", "not completely excluded",
+            "not be excluded", "not be ruled out", "is suspected", "are suspected", "suspected", "is possible",
+            "are possible", "is questioned", "is likely", "are likely", "is probable", "is not excluded",
+            "is questionable", "not well seen", "not well visualized", "is not well seen", "is uncertain",
+            "is not certain", "would be difficult to exclude", "difficult to exclude", "difficult to entirely exclude",
+            "is considered", "?", "could be", "may be", "might be", "may", "might", "could", "likely",
+            "most likely", "probable", "possible",
+        ],
+    },
+    "pseudo": {
+        "pre": [
+            "no change in", "no change of", "no significant change in", "no interval change in",
+            "no interval change of",
+            "no significant interval change in", "no significant interval change of", "no appreciable change in",
+            "no substantial change in", "no increase in", "no significant increase in", "no decrease in",
+            "without change in", "without change of", "without significant change in", "without significant change of",
+            "without interval change in", "without interval change of", "without significant interval change in",
+            "without significant interval change of", "not only", "no worsening of", "not necessarily",
+            "gram negative", "not drain", "not cause", "nearly resolved", "almost resolved",
+            "partially resolved", "incompletely resolved", "not completely resolved", "not fully resolved",
+            "resolving", "near complete resolution of", "partial resolution of", "incomplete resolution of",
+            "no change", "no significant change", "no interval change",
+        ],
+        "post": [
+            "has not resolved", "have not resolved", "not resolved", "not completely resolved",
+            "not fully resolved", "has not cleared", "not cleared", "partially resolved", "nearly resolved",
+            "almost resolved", "incompletely resolved", "is resolving", "are resolving", "resolving",
+            "not changed", "has not changed", "no change", "without change", "not been removed",
+            "not significantly changed",
+        ],
+    },
+    "stop": {
+        "both": [
+            ";", ":", "but", "however", "although", "though", "while", "whereas", "yet", "except", "except for",
+            "aside from", "apart from", "other than", "with the exception of", "otherwise", "nevertheless",
+            "which", "who", "because", "since", "given", "as well as", "also", "additionally", "in addition",
+            "there is", "there are", "there was", "there were", "there has been", "there have been",
+            "show", "shows", "showing", "demonstrate", "demonstrates", "reveal", "reveals", "revealed",
+            "persists", "persist", "remains", "remain", "again seen", "again noted", "is seen", "are seen",
+            "is noted", "are noted", "is present", "are present", "is identified", "are identified",
+            "representing", "represents", "represent", "reflecting", "reflects", "(", ")",
+        ],
+    },
+    # past participles and adjectives that end a clause as predicates ("no effusion seen, ...") but not when they
+    # modify the next word ("no visible pneumothorax"); find_cues keeps them only before a function word or a mark
+    "pred": {
+        "both": [
+            "seen", "noted", "present", "identified", "demonstrated", "visualized", "visible", "evident",
+            "observed", "appreciated", "detected", "shown",
+        ],
+    },
+    # phrases read as one unit so that their words are not cues ("previously seen effusion")
+    "skip": {
+        "both": [
+            "previously seen", "previously noted", "previously demonstrated", "previously described",
+            "previously identified", "previously visualized", "previously present", "seen previously",
+            "noted previously",
+        ],
+    },
+    "copula": {"both": ["is", "are", "was", "were", "be", "been", "being", "has", "have", "had", "appear",
+                        "appears", "appeared", "seem", "seems", "measures", "measuring"]},
+    "alt": {"both": ["or", "versus", "vs", "vs.", "and/or", "or possibly"]},
+}  # fmt: skip
+# words after which a "pred" cue still ends a clause
+_FUNCTION_WORDS = frozenset((
+    "in", "at", "on", "within", "along", "over", "and", "or", "but", "with", "without", "bilaterally", "again",
+    "previously", "to", "by", "from", "the", "throughout", "involving", "near", "of", "as", "since", "here", "there",
+    "now", "today", "currently", "anteriorly", "posteriorly", "laterally", "medially", "inferiorly", "superiorly",
+    "centrally", "peripherally",
+))  # fmt: skip
+
+
+# uncertainty cues that qualify the phrase before them ("no opacity to suggest pneumonia"): a negation of that
+# phrase, lists included, negates them too
+DEPENDENT = frozenset(
+    tuple(p.split())
+    for p in (
+        "suggest", "suggests", "suggesting", "suggestive of", "to suggest", "to indicate", "indicative of",
+        "that would suggest", "which would suggest", "suspicious for", "suspicious of", "concerning for",
+        "worrisome for", "concern for", "to account for",
+    )
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cue:
+    start: int
+    end: int
+    effect: str  # neg | unc | pseudo | stop | copula | alt
+    pre: bool  # applies to mentions after it
+    post: bool  # applies to mentions before it
+    dependent: bool = False  # an uncertainty cue that a negation of the phrase before it negates (DEPENDENT)
+
+
+def phrase_tokens(phrase: str) -> tuple[str, ...]:
+    """The words of a phrase (lower case); ``...`` is a gap."""
+    return tuple(phrase.lower().split())
+
+
+def compile_phrases(phrases: dict[tuple[str, ...], str], plural: bool = True) -> re.Pattern:
+    """One case-insensitive regex matching any of ``phrases`` (words -> group name), longest first.
+
+    The words form a trie, and the words that share a position form a trie of characters, so that the regex engine
+    rejects a position after a character or two instead of trying every phrase in turn. A match's ``lastgroup`` is
+    the group name of the phrase that matched (an empty group placed at its end).
+    """
+    trie: dict = {}
+    for words, group in phrases.items():
+        if not words or words[0] == GAP or words[-1] == GAP:
+            raise ValueError(f"a phrase cannot be empty or start or end with {GAP!r}: {' '.join(words)!r}")
+        node = trie
+        for w in words:
+            node = node.setdefault(w, {})
+        node[None] = group
+    first = [(w, _continuation(trie[w], w, plural)) for w in trie if w is not None]
+    parts = []
+    wordy = [item for item in first if item[0][0].isalnum()]
+    if wordy:
+        parts.append(r"\b" + _chars(wordy))
+    if len(wordy) < len(first):
+        parts.append(_chars([item for item in first if not item[0][0].isalnum()]))
+    return re.compile("|".join(parts), re.IGNORECASE)
+
+
+def _continuation(node: dict, word: str, plural: bool) -> str:
+    options = []
+    children = [(w, _continuation(node[w], w, plural)) for w in node if w not in (None, GAP)]
+    if children:
+        options.append(_SEP + _chars(children))
+    if GAP in node:
+        gap = node[GAP]
+        options.append(_GAP_RE + _chars([(w, _continuation(gap[w], w, plural)) for w in gap if w is not None]))
+    if None in node:
+        tail = _PLURAL if plural and word[-1].isalpha() else ""
+        if word[-1].isalnum():
+            tail += r"\b"
+        options.append(f"{tail}(?P<{node[None]}>)")
+    return options[0] if len(options) == 1 else "(?:" + "|".join(options) + ")"
+
+
+def _chars(items: list[tuple[str, str]]) -> str:
+    """A regex for words followed by their own continuation regexes, as a trie of characters."""
+    trie: dict = {}
+    for word, tail in items:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[None] = tail
+    return _emit(trie)
+
+
+def _emit(node: dict) -> str:
+    options = []
+    for ch in sorted(k for k in node if k is not None):
+        head = r"[\s-]?" if ch == "-" else re.escape(ch)
+        options.append(head + _emit(node[ch]))
+    if None in node:  # a word that ends here; after the longer words that continue it
+        options.append(node[None])
+    return options[0] if len(options) == 1 else "(?:" + "|".join(options) + ")"
+
+
+def _build_cue_regex() -> tuple[re.Pattern, dict[str, tuple[str, bool, bool, bool]]]:
+    merged: dict[tuple[str, ...], tuple[str, bool, bool]] = {}
+    for effect, by_direction in CUES.items():
+        for direction, phrases in by_direction.items():
+            for phrase in phrases:
+                words = phrase_tokens(phrase)
+                old = merged.get(words)
+                pre = direction in ("pre", "both") or bool(old and old[1])
+                post = direction in ("post", "both") or bool(old and old[2])
+                if old and old[0] != effect:
+                    raise ValueError(f"cue {phrase!r} has two effects: {old[0]} and {effect}")
+                merged[words] = (effect, pre, post)
+    groups = {words: f"c{i}" for i, words in enumerate(merged)}
+    table = {groups[words]: (*value, words in DEPENDENT) for words, value in merged.items()}
+    return compile_phrases(groups, plural=False), table
+
+
+_CUE_RE, _CUE_TABLE = _build_cue_regex()
+
+
+def find_cues(text: str, start: int, end: int) -> list[Cue]:
+    """The cues in ``text[start:end]``, in order, with offsets into ``text``."""
+    table = _CUE_TABLE
+    out = []
+    for m in _CUE_RE.finditer(text, start, end):
+        effect, pre, post, dependent = table[m.lastgroup]
+        if effect == "skip":
+            continue
+        if effect == "pred":
+            nxt = _NEXT_WORD_RE.match(text, m.end(), end)
+            if nxt and nxt.group(1).lower() not in _FUNCTION_WORDS:
+                continue  # attributive: "visible pneumothorax", "identified mass"
+            effect = "stop"
+        out.append(Cue(m.start(), m.end(), effect, pre, post, dependent))
+    return out
+
+
+_NEXT_WORD_RE = re.compile(r"[ \t\r\n]*([^\W\d_]+)")
+
+
+_WORD_RE = re.compile(r"[^\W_]+")
+
+
+def resolve(text: str, start: int, end: int, cues: list[Cue], mentions: list[tuple[int, int]], clausal: bool):
+    """The value (POS, NEG or UNC) of the mention at ``text[start:end]`` and the cue that decided it (or None).
+
+    Args:
+        text: the report text; offsets index it.
+        start, end: the mention.
+        cues: the cues of the mention's sentence, in order.
+        mentions: the spans of all mentions in the sentence (lists and alternatives are read from them).
+        clausal: the mention is a subject-predicate phrase ("heart ... enlarged"); a comma ends its backward scope.
+    """
+    for cue in cues:  # a trigger inside the mention ("heart is not enlarged")
+        if start <= cue.start and cue.end <= end and cue.effect in ("neg", "unc"):
+            return (NEG if cue.effect == "neg" else UNC), cue
+    before = after = None
+    i = len(cues) - 1
+    while i >= 0 and cues[i].end > start:
+        i -= 1
+    first_after = i + 1
+    pseudo = None
+    while i >= 0:
+        cue = cues[i]
+        if cue.effect in ("stop", "copula") or (clausal and "," in text[cue.end : start]):
+            break
+        if cue.effect == "pseudo":  # "resolving pneumonia" stays positive, "could be resolving pneumonia" not
+            if not cue.pre:
+                break
+            pseudo = pseudo or cue
+        elif cue.effect in ("neg", "unc"):
+            if cue.pre and not (pseudo and cue.effect == "neg"):  # "no ..., no change in effusion" stays positive
+                before = cue
+                if cue.effect == "unc" and _negated(text, cues, i, mentions):
+                    before = Cue(cue.start, cue.end, "neg", True, False)
+            break
+        i -= 1
+    j = first_after
+    while j < len(cues) and cues[j].start < end:
+        j += 1
+    while j < len(cues):
+        cue = cues[j]
+        if cue.effect == "stop":
+            break
+        if cue.effect in ("neg", "unc", "pseudo"):
+            if cue.post and not (cue.pre and _leads_to_mention(text, cue, mentions)):
+                after = cue
+            break
+        j += 1
+    decided = [c for c in (before, after) if c is not None and c.effect != "pseudo"]
+    for effect, value in (("unc", UNC), ("neg", NEG)):
+        for cue in decided:
+            if cue.effect == effect:
+                return value, cue
+    if before is None and after is None:
+        alt = _alternative(text, start, end, cues)
+        if alt is not None:
+            return UNC, alt
+    return POS, pseudo or after
+
+
+def _negated(text: str, cues: list[Cue], i: int, mentions: list[tuple[int, int]]) -> bool:
+    """Whether the uncertainty trigger ``cues[i]`` is itself negated ("no findings to suggest", "not suspicious")."""
+    cue = cues[i]
+    for k in range(i - 1, -1, -1):
+        prev = cues[k]
+        if prev.effect == "neg" and prev.pre:
+            between = text[prev.end : cue.start]
+            if cue.dependent:
+                return ";" not in between and len(_WORD_RE.findall(between)) <= 12
+            if any(ch in between for ch in ",;.:") or len(_WORD_RE.findall(between)) > 3:
+                return False
+            return not any(prev.end <= s < cue.start for s, _ in mentions)
+        if prev.effect != "alt" and not (cue.dependent and prev.dependent):  # "no X to suggest A or Y to suggest B"
+            return False
+    return False
+
+
+def _leads_to_mention(text: str, cue: Cue, mentions: list[tuple[int, int]]) -> bool:
+    """Whether a two-way trigger is directly followed by a mention (then it belongs to that one)."""
+    for s, _ in mentions:
+        if s >= cue.end:
+            between = text[cue.end : s]
+            return not any(ch in between for ch in ",;.:") and len(_WORD_RE.findall(between)) <= 3
+    return False
+
+
+def _alternative(text: str, start: int, end: int, cues: list[Cue]) -> Cue | None:
+    """An "or"/"versus" right next to the mention ("atelectasis or scarring", "effusion versus thickening")."""
+    for cue in cues:
+        if cue.effect != "alt":
+            continue
+        if cue.start >= end:
+            near, far = text[end : cue.start], text[cue.end : cue.end + 40]
+        elif cue.end <= start:
+            near, far = text[cue.end : start], text[max(0, cue.start - 40) : cue.start]
+        else:
+            continue
+        if not any(ch in near for ch in ",;.:") and len(_WORD_RE.findall(near)) <= 3 and _WORD_RE.search(far):
+            return cue
+    return None

@@ -75,7 +75,8 @@ CUES: dict[str, dict[str, list[str]]] = {
             "differential", "differential diagnosis", "differential considerations", "ddx", "consider",
             "considered", "considerations include", "r/o", "rule out", "evaluate for", "to evaluate for",
             "to exclude", "borderline", "equivocal", "indeterminate", "uncertain", "unclear", "not certain whether",
-            "not certain if", "not clear whether", "not clear if", "not sure whether", "presumed", "presumably",
+            "not certain if", "not clear whether", "not clear if", "not sure whether", "unclear whether", "unclear if",
+            "uncertain whether", "uncertain if", "question whether", "question if", "presumed", "presumably",
             "presumptive", "perhaps", "apparent", "vague", "may", "might", "could", "either",
             "raises the possibility of", "correlate for", "correlate clinically for", "clinical correlation for",
             "maybe",
@@ -266,7 +267,7 @@ _CUE_RE, _CUE_TABLE = _build_cue_regex()
 def find_cues(text: str, start: int, end: int) -> list[Cue]:
     """The cues in ``text[start:end]``, in order, with offsets into ``text``."""
     table = _CUE_TABLE
-    out = []
+    out: list[Cue] = []
     for m in _CUE_RE.finditer(text, start, end):
         effect, pre, post, dependent = table[m.lastgroup]
         if effect == "skip":
@@ -276,8 +277,20 @@ def find_cues(text: str, start: int, end: int) -> list[Cue]:
             if nxt and nxt.group(1).lower() not in _FUNCTION_WORDS:
                 continue  # attributive: "visible pneumothorax", "identified mass"
             effect = "stop"
+        if effect in ("stop", "copula") and out and _governs_clause(text, out[-1], m.start()):
+            continue  # "not clear whether there is ...": the trigger governs the clause that follows
         out.append(Cue(m.start(), m.end(), effect, pre, post, dependent))
     return out
+
+
+_COMPLEMENTIZER = re.compile(r"\b(?:whether|if|that)$", re.IGNORECASE)
+
+
+def _governs_clause(text: str, cue: Cue, next_start: int) -> bool:
+    """A trigger ending in "whether"/"if"/"that" right before ``next_start`` (its scope is the next clause)."""
+    if cue.effect not in ("neg", "unc") or not cue.pre or text[cue.end : next_start].strip():
+        return False
+    return _COMPLEMENTIZER.search(text, cue.start, cue.end) is not None
 
 
 _NEXT_WORD_RE = re.compile(r"[ \t\r\n]*([^\W\d_]+)")

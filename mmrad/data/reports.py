@@ -62,7 +62,7 @@ _ABBREV_AMBIGUOUS = frozenset((
 ))  # fmt: skip
 
 # sentence ends: '.', '!', '?' (runs of them, optional closing quotes/brackets) before whitespace or the end
-_END_RE = re.compile(r"[.!?]+['\")\]]*(?=\s|$)|(?<=[a-z]{2})[.!?](?=[A-Z][a-z])")
+_END_RE = re.compile(r"(?<=\S)[.!?]+['\")\]]*(?=\s|$)|(?<=[a-z]{2})[.!?](?=[A-Z][a-z])")
 _WORD_BEFORE_RE = re.compile(r"(?<![A-Za-z.])([A-Za-z][A-Za-z.]*)$")
 _BLANK_LINE_RE = re.compile(r"\n[ \t]*\r?\n\s*")
 # a list item at the start of a line: "1.", "2)", "-", "*", "•"

@@ -142,6 +142,55 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# label
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@command("label")
+def _add_label(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "label",
+        help="label free-text reports (CSV or JSONL) with findings: 1 / 0 / -1 / empty",
+        description="Rule-based report labeler (mentions, negation, uncertainty); one output column per finding.",
+    )
+    p.add_argument("input", metavar="INPUT", help="CSV file, or JSONL (.jsonl/.ndjson/.json: one object per line)")
+    p.add_argument(
+        "--text-columns",
+        required=True,
+        metavar="COLS",
+        help="comma-separated columns whose text makes the report, e.g. findings,impression",
+    )
+    p.add_argument("--id-column", metavar="COL", help="column copied to the output (default: the row number)")
+    p.add_argument("--vocabulary", default="chexpert", help="chexpert (default), nih14 or a vocabulary FILE.yaml")
+    p.add_argument("--evidence", action="store_true", help="add an 'evidence' column (JSON: mentions, cues, spans)")
+    p.add_argument("--num-workers", type=int, default=1, help="processes labeling in parallel (default 1)")
+    p.add_argument("--out", required=True, metavar="OUT.csv", help="output CSV")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run_label)
+
+
+def _run_label(args: argparse.Namespace) -> int:
+    from mmrad.data.label_files import label_file
+
+    summary = label_file(
+        args.input,
+        args.out,
+        text_columns=[c.strip() for c in args.text_columns.split(",") if c.strip()],
+        id_column=args.id_column,
+        vocabulary=args.vocabulary,
+        evidence=args.evidence,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+    )
+    print(f"labeled {summary.rows} reports in {summary.seconds:.1f} s -> {summary.out}")
+    print(f"  {'finding':<28} {'1':>7} {'0':>7} {'-1':>7} {'empty':>7}")
+    for name in summary.label_names:
+        c = summary.counts[name]
+        print(f"  {name:<28} {c['1']:>7} {c['0']:>7} {c['-1']:>7} {c['']:>7}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------------------
 

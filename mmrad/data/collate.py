@@ -1,0 +1,176 @@
+"""The collator: corpus rows -> the batch dict of the model (``pixel_values``, ``input_ids``, ``attention_mask``,
+``labels``, and for evaluation ``boxes`` / ``masks``).
+
+Use it as a DataLoader's ``collate_fn`` over a corpus split (``datasets`` decodes the PNGs in the workers)::
+
+    splits, info = load_corpus("corpus/")
+    collate = MMRadCollator(tokenizer, cfg.model.preprocess, label_names, corpus_label_names=info.label_names,
+                            train=True)
+    loader = DataLoader(splits["train"], batch_size=32, shuffle=True, collate_fn=collate, num_workers=2)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from mmrad.config import PreprocessConfig
+from mmrad.data.transforms import (
+    AugmentConfig,
+    fit_to_square,
+    intensity_jitter,
+    normalize,
+    random_affine,
+    to_float_array,
+    transform_boxes,
+    warp,
+)
+
+logger = logging.getLogger(__name__)
+
+TEXT_FIELDS = ("report", "findings", "impression", "findings_impression")
+
+
+class MMRadCollator:
+    """Turn corpus rows into a model batch.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (called with padding/truncation, ``return_tensors="pt"``), or a callable
+            returning an id tensor (open_clip tokenizers; the attention mask is then ``ids != 0``).
+        preprocess: the model's input size, mean/std, channels and resize mode (pad, crop or squash).
+        label_names: the findings the model predicts; ``labels`` columns follow this order.
+        corpus_label_names: the corpus's label order (``CorpusInfo.label_names``); default: ``label_names``.
+            Findings missing from the corpus are NaN.
+        text_field: ``report``, ``findings``, ``impression`` or ``findings_impression``; an empty section falls
+            back to the full report.
+        train: apply augmentation (random affine and intensity jitter; never a left/right flip).
+        max_length: tokens per text.
+        return_boxes: add ``boxes``, a list per image of ``{"label", "x", "y", "w", "h"}`` in input pixels.
+        return_masks: add ``masks`` (B, K, S, S) float 0/1 per finding of ``label_names`` and ``mask_valid`` (B, K).
+        augment: augmentation ranges (default :class:`AugmentConfig`).
+        generator: a torch generator for reproducible augmentation (default: torch's global RNG, which DataLoader
+            seeds per worker).
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        preprocess: PreprocessConfig,
+        label_names: Sequence[str],
+        *,
+        corpus_label_names: Sequence[str] | None = None,
+        text_field: str = "findings_impression",
+        train: bool = False,
+        max_length: int = 128,
+        return_boxes: bool = False,
+        return_masks: bool = False,
+        augment: AugmentConfig | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        if text_field not in TEXT_FIELDS:
+            raise ValueError(f"text_field must be one of {TEXT_FIELDS}, got {text_field!r}")
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.label_names = list(label_names)
+        corpus_names = list(corpus_label_names) if corpus_label_names is not None else self.label_names
+        missing = [n for n in self.label_names if n not in corpus_names]
+        if missing:
+            logger.warning("the corpus has no labels for %s: they are NaN (unknown) in every batch", missing)
+        self._columns = np.array([corpus_names.index(n) if n in corpus_names else -1 for n in self.label_names])
+        self.text_field = text_field
+        self.train = train
+        self.max_length = max_length
+        self.return_boxes = return_boxes
+        self.return_masks = return_masks
+        self.augment = augment or AugmentConfig()
+        self.generator = generator
+
+    def text(self, row: dict) -> str:
+        """The text of a row that the collator tokenises."""
+        if self.text_field == "findings_impression":
+            text = " ".join(t for t in (row.get("findings"), row.get("impression")) if t)
+        else:
+            text = row.get(self.text_field) or ""
+        return text or row.get("report") or ""
+
+    def _labels(self, rows: list[dict]) -> torch.Tensor:
+        out = np.full((len(rows), len(self.label_names)), np.nan, dtype=np.float32)
+        have = self._columns >= 0
+        for i, row in enumerate(rows):
+            values = np.asarray(row["labels"], dtype=np.float32)
+            out[i, have] = values[self._columns[have]]
+        return torch.from_numpy(out)
+
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        try:
+            encoded = self.tokenizer(
+                texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
+        except TypeError:  # open_clip-style tokenizers: tokenizer(texts) -> (B, context_length) ids
+            encoded = self.tokenizer(texts)
+        if isinstance(encoded, torch.Tensor):
+            return {"input_ids": encoded, "attention_mask": (encoded != 0).long()}
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def _image(self, row: dict) -> tuple[torch.Tensor, np.ndarray]:
+        arr = to_float_array(row["image"])
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+        channels = self.preprocess.channels
+        if t.shape[0] == 3 and channels != 3:
+            t = t.mean(0, keepdim=True)
+        if self.train:  # before the fit, so that padding stays black
+            t = intensity_jitter(t, self.augment, self.generator)
+        t, matrix = fit_to_square(t, self.preprocess.image_size, self.preprocess.resize)
+        if t.shape[0] != channels:  # grey repeated to the tower's channels
+            t = t.expand(channels, -1, -1)
+        return t, matrix
+
+    def _masks(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.preprocess.image_size
+        out = torch.zeros((len(self.label_names), size, size))
+        valid = torch.zeros(len(self.label_names), dtype=torch.bool)
+        for item in row.get("masks") or []:
+            if item["label"] not in self.label_names:
+                continue
+            k = self.label_names.index(item["label"])
+            mask = torch.from_numpy(to_float_array(item["mask"]))
+            mask = mask if mask.ndim == 2 else mask.mean(-1)
+            # the same fit as the image, thresholded so that the mask stays binary
+            fitted, _ = fit_to_square(mask[None], size, self.preprocess.resize)
+            out[k] = torch.maximum(out[k], (fitted[0] >= 0.5).float())
+            valid[k] = True
+        return out, valid
+
+    def __call__(self, rows: list[dict]) -> dict:
+        images, matrices, masks, valid = [], [], [], []
+        for row in rows:
+            image, matrix = self._image(row)
+            images.append(image)
+            matrices.append(matrix)
+            if self.return_masks:
+                m, v = self._masks(row)
+                masks.append(m)
+                valid.append(v)
+        pixels = torch.stack(images)  # (B, C, S, S) in [0, 1]
+        size = self.preprocess.image_size
+        # boxes are clipped to the fitted image before any augmentation moves them
+        boxes = [transform_boxes(r.get("boxes") or [], m, size) for r, m in zip(rows, matrices, strict=True)]
+        if self.train:
+            augment = [random_affine(size, self.augment, self.generator) for _ in rows]
+            pixels = warp(pixels, np.stack(augment))
+            boxes = [transform_boxes(b, a, size) for b, a in zip(boxes, augment, strict=True)]
+            if self.return_masks:
+                masks = list(warp(torch.stack(masks), np.stack(augment), mode="nearest"))
+        batch = {"pixel_values": normalize(pixels, self.preprocess.mean, self.preprocess.std)}
+        batch.update(self._tokenize([self.text(r) for r in rows]))
+        batch["labels"] = self._labels(rows)
+        if self.return_boxes:
+            batch["boxes"] = boxes
+        if self.return_masks:
+            batch["masks"] = torch.stack(masks)
+            batch["mask_valid"] = torch.stack(valid)
+        return batch

@@ -1,0 +1,133 @@
+"""Image transforms for the collator: decode to float, fit to the tower's square input, augment, normalise.
+
+Geometry is tracked as a 3x3 matrix from cached-image pixel coordinates (x right, y down, pixel ``i`` spanning
+``[i, i + 1)``) to model-input pixel coordinates, so boxes and masks follow the image exactly. Augmentation is a small
+random affine (scale, rotation, translation: a random-resized-crop without the crop's aspect change) plus intensity
+jitter (brightness, contrast, gamma). There is no horizontal flip: laterality is clinical information.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    scale: tuple[float, float] = (0.9, 1.1)  # zoom factor range
+    rotate: float = 7.0  # degrees, uniform in [-rotate, rotate]
+    translate: float = 0.05  # fraction of the input size, uniform in [-translate, translate]
+    brightness: float = 0.08  # added, uniform in [-brightness, brightness]
+    contrast: tuple[float, float] = (0.85, 1.15)
+    gamma: tuple[float, float] = (0.8, 1.25)
+
+
+def to_float_array(image) -> np.ndarray:
+    """A PIL image, ``{"bytes": ...}`` dict or array as float32 in [0, 1], (H, W) grey or (H, W, 3) colour."""
+    from PIL import Image
+
+    if isinstance(image, dict):
+        import io
+
+        image = Image.open(io.BytesIO(image["bytes"]))
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.dtype == np.uint8:
+            return arr.astype(np.float32) / 255.0
+        if arr.dtype == np.uint16:
+            return arr.astype(np.float32) / 65535.0
+        return arr.astype(np.float32)
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return np.asarray(image, dtype=np.float32) / 65535.0
+    if mode == "F":
+        return np.asarray(image, dtype=np.float32)
+    if mode in ("L", "1", "LA"):
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def fit_to_square(image: torch.Tensor, size: int, mode: str = "pad") -> tuple[torch.Tensor, np.ndarray]:
+    """Resize (antialiased) and pad, centre-crop or squash a (C, H, W) image to (C, size, size).
+
+    Returns:
+        ``(image, matrix)``: the square image and the 3x3 matrix from input to output pixel coordinates.
+    """
+    _, h, w = image.shape
+    if mode == "squash":
+        nh = nw = size
+    else:
+        scale = size / (max(h, w) if mode == "pad" else min(h, w))
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        antialias = nh < h or nw < w
+        image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=antialias)[0]
+    top, left = (size - nh) // 2, (size - nw) // 2  # negative when cropping
+    out = image.new_zeros((image.shape[0], size, size))
+    src_y, src_x = (
+        slice(max(0, -top), max(0, -top) + min(size, nh)),
+        slice(max(0, -left), max(0, -left) + min(size, nw)),
+    )
+    dst_y, dst_x = slice(max(0, top), max(0, top) + min(size, nh)), slice(max(0, left), max(0, left) + min(size, nw))
+    out[:, dst_y, dst_x] = image[:, src_y, src_x]
+    matrix = np.array([[nw / w, 0, left], [0, nh / h, top], [0, 0, 1]], dtype=np.float64)
+    return out, matrix
+
+
+def random_affine(size: int, cfg: AugmentConfig, generator: torch.Generator | None = None) -> np.ndarray:
+    """A random 3x3 affine about the centre of a size x size image (no reflection)."""
+    r = torch.rand(4, generator=generator).tolist()
+    scale = cfg.scale[0] + (cfg.scale[1] - cfg.scale[0]) * r[0]
+    angle = math.radians(cfg.rotate * (2 * r[1] - 1))
+    tx, ty = (cfg.translate * (2 * r[2] - 1) * size, cfg.translate * (2 * r[3] - 1) * size)
+    c = size / 2
+    cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
+    return np.array([[cos, -sin, c - cos * c + sin * c + tx], [sin, cos, c - sin * c - cos * c + ty], [0, 0, 1]])
+
+
+def warp(images: torch.Tensor, matrices: np.ndarray, mode: str = "bilinear") -> torch.Tensor:
+    """Apply per-sample 3x3 pixel-space affines to (B, C, S, S) images (output = matrix @ input), zeros outside."""
+    b, _, s, _ = images.shape
+    # normalised coordinates (align_corners=False): u = 2 * x / s - 1; grid_sample needs output -> input
+    to_norm = np.array([[2 / s, 0, -1], [0, 2 / s, -1], [0, 0, 1]])
+    theta = np.stack([(to_norm @ np.linalg.inv(m) @ np.linalg.inv(to_norm))[:2] for m in matrices])
+    grid = F.affine_grid(torch.as_tensor(theta, dtype=images.dtype), [b, images.shape[1], s, s], align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def intensity_jitter(
+    image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Random gamma, contrast and brightness on an image in [0, 1] (result clipped to [0, 1])."""
+    r = torch.rand(3, generator=generator).tolist()
+    gamma = cfg.gamma[0] + (cfg.gamma[1] - cfg.gamma[0]) * r[0]
+    contrast = cfg.contrast[0] + (cfg.contrast[1] - cfg.contrast[0]) * r[1]
+    brightness = cfg.brightness * (2 * r[2] - 1)
+    out = image.clamp(0, 1) ** gamma
+    return ((out - 0.5) * contrast + 0.5 + brightness).clamp_(0, 1)
+
+
+def transform_boxes(boxes: list[dict], matrix: np.ndarray, size: int) -> list[dict]:
+    """Map ``{"label", "x", "y", "w", "h"}`` boxes through a 3x3 matrix; the result is the corners' bounding box,
+    clipped to the size x size output (boxes pushed fully outside are dropped)."""
+    out = []
+    for b in boxes:
+        corners = np.array([[b["x"], b["y"], 1], [b["x"] + b["w"], b["y"], 1], [b["x"], b["y"] + b["h"], 1],
+                            [b["x"] + b["w"], b["y"] + b["h"], 1]], dtype=np.float64).T  # fmt: skip
+        xs, ys = (matrix @ corners)[:2]
+        x0, y0 = max(float(xs.min()), 0.0), max(float(ys.min()), 0.0)
+        x1, y1 = min(float(xs.max()), float(size)), min(float(ys.max()), float(size))
+        if x1 > x0 and y1 > y0:
+            out.append({"label": b["label"], "x": x0, "y": y0, "w": x1 - x0, "h": y1 - y0})
+    return out
+
+
+def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """(B, C, H, W) in [0, 1] -> (x - mean) / std per channel."""
+    m = torch.as_tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
+    return (images - m) / s

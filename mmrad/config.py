@@ -73,6 +73,7 @@ class FusionConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     attention_layers: int = 1  # grounding maps average the cross-attention of the last k layers
+    self_attention: bool = True  # queries attend to each other; off = each query is scored on its own
 
     def __post_init__(self):
         if self.num_layers < 1 or self.num_heads < 1:

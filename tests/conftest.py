@@ -62,3 +62,45 @@ def dicom_file(tmp_path):
         return path
 
     return make
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiny model fixtures (mmrad.models); torch and the model stack are imported only by tests that use them
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_config():
+    """The model section of configs/tiny.yaml: open_clip ViT (32 px, patch 8, width 32, 2 layers), a 2-layer BERT
+    (hidden 32) with the shipped radiology WordPiece tokenizer, a 1-layer fusion decoder, projection 16."""
+    from mmrad.config import load_config
+
+    return load_config(REPO / "configs" / "tiny.yaml").model
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    import torch
+
+    from mmrad.models import MMRadModel
+
+    torch.manual_seed(0)
+    return MMRadModel(tiny_config)
+
+
+@pytest.fixture
+def batch(tiny_model):
+    """A random batch for ``tiny_model``: 4 images, 4 reports (two identical), labels with 1/0/-1/NaN."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    size = tiny_model.config.preprocess.image_size
+    reports = ["small left pleural effusion", "no acute cardiopulmonary process", "no acute cardiopulmonary process",
+               "cardiomegaly with mild pulmonary edema"]  # fmt: skip
+    labels = torch.full((4, len(tiny_model.label_names)), float("nan"))
+    labels[:, :4] = torch.tensor([[1.0, 0.0, -1.0, 1.0], [0.0, 1.0, float("nan"), -1.0]]).repeat(2, 1)
+    return {
+        "pixel_values": torch.randn(4, 3, size, size, generator=generator),
+        **tiny_model.tokenize(reports),
+        "labels": labels,
+    }

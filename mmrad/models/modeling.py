@@ -1,0 +1,428 @@
+"""``MMRadModel``: an open_clip vision tower and a text encoder joined by a cross-attention query decoder.
+
+One path for three jobs (see DESIGN.md, "The model"):
+
+* classification — the queries are the encoded descriptions of the configured findings, one logit each;
+* zero-shot — any text is a query (:meth:`MMRadModel.score_queries`), or cosine of global embeddings;
+* grounding — each query's cross-attention over the patch tokens is its map; :meth:`MMRadModel.encode_patches`
+  gives the projected patch embeddings for the parameter-free cosine map (after BioViL).
+
+``MMRadModel(config)`` builds everything offline from the config and never downloads; only
+:meth:`MMRadModel.from_towers` loads pretrained tower weights. Saving and loading live in
+:mod:`mmrad.models.serialization`. The output and ``forward`` follow transformers' ``CLIPModel``; the offline-init vs
+pretrained split follows ``VisionTextDualEncoderModel``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from mmrad.config import ConfigError, LabelsConfig, MMRadConfig
+from mmrad.models.fusion import QueryDecoder, attention_maps
+from mmrad.models.losses import classification_loss, contrastive_loss, local_alignment_loss
+from mmrad.models.towers import (
+    TextTower,
+    VisionTower,
+    build_text_tower,
+    build_vision_tower,
+    load_pretrained_towers,
+    resolve_model_cfg,
+)
+
+logger = logging.getLogger(__name__)
+
+TOWER_PREFIXES = ("vision.", "text.")
+
+
+def is_tower_parameter(name: str) -> bool:
+    """True for parameters of the pretrained towers (LoRA adapters inside them included); False for the new modules
+    (projections, decoder, head, temperature)."""
+    return name.startswith(TOWER_PREFIXES)
+
+
+@dataclass
+class MMRadOutput(ModelOutput):
+    """Output of :meth:`MMRadModel.forward`; every field is optional.
+
+    Args:
+        loss: weighted sum of ``loss_terms`` (present when a loss could be computed).
+        loss_terms: each unweighted loss, e.g. ``{"contrastive", "classification", "local"}``.
+        logits: (B, Q) presence logit per query (Q = number of findings unless custom queries were given).
+        image_embeds: (B, P) L2-normalised global image embeddings.
+        text_embeds: (B, P) L2-normalised report embeddings (when ``input_ids`` were given).
+        patch_embeds: (B, N, P) projected patch tokens (the decoder's memory; normalise for cosine maps).
+        query_embeds: (Q, P) the query embeddings used.
+        query_attentions: per decoder layer, (B, Q, N) cross-attention weights averaged over heads.
+        grid: (h, w) of the patch tokens, h * w = N.
+        logit_scale: scalar 1 / temperature of the contrastive loss.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_terms: dict[str, torch.Tensor] | None = None
+    logits: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    patch_embeds: torch.Tensor | None = None
+    query_embeds: torch.Tensor | None = None
+    query_attentions: tuple[torch.Tensor, ...] | None = None
+    grid: tuple[int, int] | None = None
+    logit_scale: torch.Tensor | None = None
+
+
+def resolve_labels(cfg: LabelsConfig) -> tuple[list[str], list[str], list[str]]:
+    """``(names, descriptions, policies)``. A config whose names all have descriptions (as saved models have) needs
+    no vocabulary file, so a saved model loads on a machine without the user's vocabulary YAML."""
+    from mmrad.labels import label_descriptions, label_names, uncertainty_policies
+
+    if cfg.names and all(n in cfg.descriptions for n in cfg.names):
+        names, descriptions = list(cfg.names), [cfg.descriptions[n] for n in cfg.names]
+    else:
+        names, descriptions = label_names(cfg), label_descriptions(cfg)
+    return names, descriptions, uncertainty_policies(cfg, names)
+
+
+class MMRadModel(nn.Module):
+    """Vision tower x text tower x query decoder.
+
+    Args:
+        config: the model config. Towers are built from ``vision.model_cfg`` / a built-in open_clip name and from
+            ``text.hf_config`` / a local folder, randomly initialised; nothing is downloaded.
+        vision_tower, text_tower, tokenizer: prebuilt towers (used by :meth:`from_towers`).
+
+    Attributes:
+        config: the complete config (tower config dicts filled in, so it rebuilds offline).
+        tokenizer: the text tower's tokenizer, called like a Hugging Face tokenizer.
+        label_names: the findings, in logit order.
+        lora_settings: the LoRA settings applied by :func:`mmrad.models.lora.apply_lora`, else None.
+    """
+
+    def __init__(
+        self,
+        config: MMRadConfig,
+        *,
+        vision_tower: VisionTower | None = None,
+        text_tower: TextTower | None = None,
+        tokenizer=None,
+    ):
+        super().__init__()
+        config = copy.deepcopy(config)
+        model_cfg = resolve_model_cfg(config.vision)
+        config.vision.model_cfg = model_cfg
+        self.vision = vision_tower if vision_tower is not None else build_vision_tower(model_cfg)
+        if text_tower is None:
+            text_tower, tokenizer = build_text_tower(config.text, model_cfg)
+        self.text = text_tower
+        self.tokenizer = tokenizer
+        if self.text.hf_config is not None:
+            config.text.hf_config = self.text.hf_config.to_dict()
+        self._check(config)
+
+        dim = config.projection_dim
+        self.image_proj = nn.Linear(self.vision.pooled_dim, dim, bias=False)
+        self.patch_proj = nn.Linear(self.vision.token_dim, dim, bias=False)
+        self.text_proj = nn.Linear(self.text.pooled_dim, dim, bias=False)
+        # word embeddings for the local loss share text_proj when token and pooled states live in one space
+        separate_words = config.loss.local > 0 and self.text.token_dim != self.text.pooled_dim
+        self.word_proj = nn.Linear(self.text.token_dim, dim, bias=False) if separate_words else None
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / config.init_temperature)), requires_grad=config.loss.contrastive > 0
+        )
+        fusion = config.fusion
+        self.decoder = QueryDecoder(
+            dim, fusion.num_layers, fusion.num_heads, fusion.mlp_ratio, fusion.dropout, fusion.self_attention
+        )
+        self.head = nn.Linear(dim, 1)
+
+        self.label_names, self.label_descriptions, self.uncertainty_policies = resolve_labels(config.labels)
+        config.labels.names = list(self.label_names)  # frozen, so the saved config needs no vocabulary file
+        config.labels.descriptions = dict(zip(self.label_names, self.label_descriptions, strict=True))
+        self.config = config
+        enc = self.tokenize(self.label_descriptions, device=torch.device("cpu"))
+        self.register_buffer("label_input_ids", enc["input_ids"], persistent=False)
+        self.register_buffer("label_attention_mask", enc["attention_mask"], persistent=False)
+        special = sorted(set(getattr(self.tokenizer, "all_special_ids", [])))
+        self.register_buffer("special_token_ids", torch.tensor(special, dtype=torch.long), persistent=False)
+
+        self.lora_settings = None
+        self.name_or_path: str | None = None  # the folder or repo this model was loaded from
+        self.towers_from_sources = False  # True when from_towers loaded named pretrained weights
+        self._query_cache: tuple[tuple, torch.Tensor] | None = None
+
+    def _check(self, config: MMRadConfig) -> None:
+        if config.preprocess.image_size != self.vision.image_size:
+            raise ConfigError(
+                f"model.preprocess.image_size={config.preprocess.image_size} but the vision tower takes "
+                f"{self.vision.image_size} px images"
+            )
+        hf = self.text.hf_config
+        vocab = getattr(hf, "vocab_size", None) if hf is not None else None
+        if vocab is not None and len(self.tokenizer) > vocab:
+            raise ConfigError(
+                f"model.text: the tokenizer has {len(self.tokenizer)} tokens but the text tower's "
+                f"vocab_size is {vocab}"
+            )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Construction with pretrained towers, saving and loading
+    # ------------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_towers(cls, config: MMRadConfig) -> MMRadModel:
+        """Build the model with pretrained tower weights: ``vision.model_name`` + ``pretrained`` (open_clip tag,
+        checkpoint file, ``local-dir:`` or ``hf-hub:``), ``vision.model_cfg`` + a checkpoint file, and
+        ``text.name_or_path`` (a local folder or Hub id) or the open_clip checkpoint's text tower. This is the only
+        constructor that may use the network. The projections, decoder and head are new (logged)."""
+        vision, text, tokenizer, model_cfg, hf_cfg, preprocess = load_pretrained_towers(config.vision, config.text)
+        config = copy.deepcopy(config)
+        config.vision.model_cfg = model_cfg
+        if hf_cfg is not None:
+            config.text.hf_config = hf_cfg
+        _adopt_preprocess(config, preprocess, vision.image_size)
+        model = cls(config, vision_tower=vision, text_tower=text, tokenizer=tokenizer)
+        model.towers_from_sources = True
+        new = [(n, p.numel()) for n, p in model.named_parameters() if not is_tower_parameter(n)]
+        groups = sorted({n.split(".")[0] for n, _ in new})
+        logger.info(
+            "newly initialised (not in the pretrained towers): %s — %d parameters",
+            ", ".join(groups),
+            sum(k for _, k in new),
+        )
+        return model
+
+    def save_pretrained(self, save_directory: str | Path, *, adapter_only: bool = False, base_model=None) -> Path:
+        """Write ``config.json``, ``model.safetensors`` (or ``adapter_model.safetensors``) and the tokenizer.
+        See :func:`mmrad.models.serialization.save_model`."""
+        from mmrad.models.serialization import save_model
+
+        return save_model(self, save_directory, adapter_only=adapter_only, base_model=base_model)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, revision: str | None = None) -> MMRadModel:
+        """Load a folder (or Hub repo) written by :meth:`save_pretrained`; strict: a missing or unexpected weight is
+        an error. See :func:`mmrad.models.serialization.load_model`."""
+        from mmrad.models.serialization import load_model
+
+        return load_model(cls, name_or_path, revision=revision)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Encoders
+    # ------------------------------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    def tokenize(self, texts: Sequence[str], device: torch.device | None = None) -> dict[str, torch.Tensor]:
+        """Tokenize with the text tower's tokenizer (padded, truncated to ``text.max_length``)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.config.text.max_length, return_tensors="pt"
+        )
+        device = device or self.device
+        return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+    def _image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        pooled, tokens, grid = self.vision(pixel_values)
+        return F.normalize(self.image_proj(pooled), dim=-1), self.patch_proj(tokens), grid
+
+    def encode_image(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, P) global image embeddings in the joint space."""
+        pooled, _, _ = self.vision(pixel_values)
+        embeds = self.image_proj(pooled)
+        return F.normalize(embeds, dim=-1) if normalize else embeds
+
+    def encode_patches(
+        self, pixel_values: torch.Tensor, normalize: bool = True
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, 3, H, W) -> patch embeddings (B, N, P) in the joint space and their grid (h, w): cosine with
+        :meth:`encode_text` output gives the BioViL-style similarity map."""
+        _, tokens, grid = self.vision(pixel_values)
+        embeds = self.patch_proj(tokens)
+        return (F.normalize(embeds, dim=-1) if normalize else embeds), grid
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, normalize: bool = True
+    ) -> torch.Tensor:
+        """(B, L) token ids -> (B, P) text embeddings in the joint space (also the decoder's query embeddings)."""
+        pooled, _, _ = self.text(input_ids, attention_mask)
+        embeds = self.text_proj(pooled)
+        return F.normalize(embeds, dim=-1) if normalize else embeds
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Tokenize and encode texts: (Q, P), L2-normalised."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        parts = [self.encode_text(**self.tokenize(chunk)) for chunk in chunks]
+        return torch.cat(parts) if parts else torch.empty(0, self.config.projection_dim, device=self.device)
+
+    def _text_fingerprint(self) -> tuple:
+        # in-place updates (optimizer steps, load_state_dict) bump a tensor's version; moves change its pointer
+        params = [*self.text.parameters(), *self.text_proj.parameters()]
+        return tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+
+    def label_queries(self) -> torch.Tensor:
+        """(K, P) query embeddings of the finding descriptions. Recomputed (with gradient) while training; cached
+        under ``torch.no_grad`` until the text tower's weights change."""
+        if torch.is_grad_enabled():
+            return self.encode_text(self.label_input_ids, self.label_attention_mask)
+        key = self._text_fingerprint()
+        if self._query_cache is None or self._query_cache[0] != key:
+            self._query_cache = (key, self.encode_text(self.label_input_ids, self.label_attention_mask))
+        return self._query_cache[1]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Decoder, scoring
+    # ------------------------------------------------------------------------------------------------------------
+
+    def decode(self, patch_embeds: torch.Tensor, query_embeds: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """Run the query decoder.
+
+        Args:
+            patch_embeds: (B, N, P) projected patch tokens (``encode_patches(..., normalize=False)``).
+            query_embeds: (Q, P) or (B, Q, P) query embeddings (``encode_text`` output).
+
+        Returns:
+            logits (B, Q) and the per-layer cross-attention weights, each (B, Q, N).
+        """
+        states, attentions = self.decoder(query_embeds, patch_embeds)
+        return self.head(states).squeeze(-1), attentions
+
+    def attention_maps(self, attentions: Sequence[torch.Tensor], grid: tuple[int, int], last_k: int | None = None):
+        """(B, Q, h, w) grounding maps: the mean over the last ``last_k`` layers (default
+        ``fusion.attention_layers``) of the head-averaged cross-attention."""
+        return attention_maps(list(attentions), grid, last_k or self.config.fusion.attention_layers)
+
+    def classify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, K) probabilities of the configured findings (order: ``label_names``)."""
+        _, memory, _ = self._image(pixel_values)
+        logits, _ = self.decode(memory, self.label_queries())
+        return torch.sigmoid(logits)
+
+    def score_queries(
+        self, pixel_values: torch.Tensor, texts: Sequence[str] | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score free-text queries against images.
+
+        Args:
+            pixel_values: (B, 3, H, W).
+            texts: Q strings, or a (Q, P) tensor of precomputed :meth:`embed_texts` embeddings.
+
+        Returns:
+            logits (B, Q) (sigmoid gives presence probabilities) and attention maps (B, Q, h, w).
+        """
+        queries = texts if isinstance(texts, torch.Tensor) else self.embed_texts(texts)
+        _, memory, grid = self._image(pixel_values)
+        logits, attentions = self.decode(memory, queries)
+        return logits, self.attention_maps(attentions, grid)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Forward and losses
+    # ------------------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        query_input_ids: torch.Tensor | None = None,
+        query_attention_mask: torch.Tensor | None = None,
+        return_loss: bool = True,
+    ) -> MMRadOutput:
+        """Encode images (and reports), decode the queries, and compute the configured losses.
+
+        Args:
+            pixel_values: (B, 3, H, W) normalised images.
+            input_ids, attention_mask: (B, L) the paired reports (for the contrastive and local losses).
+            labels: (B, K) float 1 / 0 / -1 / NaN per finding (for the classification loss).
+            query_input_ids, query_attention_mask: (Q, Lq) custom queries instead of the finding descriptions;
+                ``labels`` then has Q columns.
+            return_loss: compute ``loss`` and ``loss_terms``.
+
+        Returns:
+            :class:`MMRadOutput`.
+        """
+        image_embeds, memory, grid = self._image(pixel_values)
+        text_embeds = words = word_mask = None
+        if input_ids is not None:
+            pooled, tokens, mask = self.text(input_ids, attention_mask)
+            text_embeds = F.normalize(self.text_proj(pooled), dim=-1)
+            if self.config.loss.local > 0:
+                words = (self.word_proj or self.text_proj)(tokens)
+                word_mask = mask & ~torch.isin(input_ids, self.special_token_ids)
+        if query_input_ids is not None:
+            queries = self.encode_text(query_input_ids, query_attention_mask)
+        else:
+            queries = self.label_queries()
+        logits, attentions = self.decode(memory, queries)
+
+        terms: dict[str, torch.Tensor] = {}
+        weights = self.config.loss
+        scale = self.logit_scale.exp().clamp(max=100.0)
+        if return_loss:
+            if text_embeds is not None and weights.contrastive > 0:
+                terms["contrastive"] = contrastive_loss(image_embeds, text_embeds, scale)
+            if labels is not None and weights.classification > 0:
+                terms["classification"] = classification_loss(logits, labels, self._policies(logits.shape[-1]))
+            if words is not None:
+                terms["local"] = local_alignment_loss(words, word_mask, memory, weights.local_temperature)
+        loss = None
+        if terms:
+            loss = sum(getattr(weights, name) * value for name, value in terms.items())
+            # outputs that no term used still join the graph (with zero gradient), so that every trainable
+            # parameter receives a gradient each step and DDP needs no find_unused_parameters
+            if "contrastive" not in terms:
+                loss = loss + 0.0 * (image_embeds.sum() + scale)
+            if "classification" not in terms:
+                loss = loss + 0.0 * logits.sum()
+        return MMRadOutput(
+            loss=loss,
+            loss_terms=terms,
+            logits=logits,
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            patch_embeds=memory,
+            query_embeds=queries,
+            query_attentions=tuple(attentions),
+            grid=grid,
+            logit_scale=scale,
+        )
+
+    def _policies(self, num_queries: int) -> list[str]:
+        if num_queries == len(self.uncertainty_policies):
+            return self.uncertainty_policies
+        policy = self.config.labels.uncertainty
+        return [policy if isinstance(policy, str) else "ignore"] * num_queries
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory in both towers."""
+        self.vision.set_grad_checkpointing(enable)
+        self.text.set_grad_checkpointing(enable)
+
+
+def _adopt_preprocess(config: MMRadConfig, preprocess: dict | None, image_size: int) -> None:
+    """Make the config's preprocessing match the pretrained tower (size, mean, std), logging what changed."""
+    pre = config.preprocess
+    changes = {}
+    if pre.image_size != image_size:
+        changes["image_size"] = image_size
+    if preprocess and pre.channels == 3:
+        for key in ("mean", "std"):
+            value = [float(v) for v in preprocess.get(key, getattr(pre, key))]
+            if value != list(getattr(pre, key)):
+                changes[key] = value
+    if changes:
+        logger.info("model.preprocess follows the pretrained vision tower: %s", changes)
+        config.preprocess = dataclasses.replace(pre, **changes)

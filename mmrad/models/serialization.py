@@ -1,0 +1,178 @@
+"""Saving and loading ``MMRadModel`` folders.
+
+A folder holds:
+
+* ``config.json`` — the complete :class:`~mmrad.config.MMRadConfig` (the open_clip ``model_cfg`` dict, the Hugging Face
+  text config dict, preprocessing, frozen label names and descriptions) at the top level, plus ``model_type``,
+  ``mmrad_version``, ``label_names``, ``lora`` (the LoRA settings when adapters are in the weights), ``adapter_only``
+  and ``base_model``. Everything needed to rebuild the model offline.
+* ``model.safetensors`` — every weight; or, for ``adapter_only``, ``adapter_model.safetensors`` with the LoRA weights,
+  the new modules and the towers' buffers only. Loading an adapter-only folder first loads the base towers, from
+  ``base_model`` (an mmrad folder or Hub repo) or from the config's tower sources (``MMRadModel.from_towers``).
+* ``tokenizer/`` — the tokenizer files (none for open_clip's bundled BPE tokenizer).
+
+Loading is strict: a missing or unexpected weight is a :class:`CheckpointError`. Weights are safetensors only;
+pickle is never loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmrad import __version__
+from mmrad.config import LoraSettings, MMRadConfig
+from mmrad.errors import MMRadError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+MODEL_TYPE = "mmrad"
+META_KEYS = ("model_type", "mmrad_version", "label_names", "lora", "adapter_only", "base_model")
+
+
+class CheckpointError(MMRadError, RuntimeError):
+    """A model folder that cannot be loaded: missing files, or weights that do not match the config."""
+
+
+def save_model(model, save_directory: str | Path, *, adapter_only: bool = False, base_model: str | None = None):
+    """Write ``model`` to ``save_directory`` (created if needed) and return its path.
+
+    Args:
+        model: an ``MMRadModel``.
+        adapter_only: write only the LoRA adapters, new modules and tower buffers; needs LoRA to be applied.
+        base_model: where the base tower weights come from when loading an adapter-only folder: an mmrad folder or
+            Hub repo. Default: the folder the model was loaded from, else its config's tower sources.
+    """
+    from mmrad.models.lora import adapter_state_dict
+
+    out = Path(save_directory)
+    if adapter_only:
+        if model.lora_settings is None:
+            raise CheckpointError("adapter_only=True needs LoRA adapters (apply_lora); this model has none")
+        base_model = base_model or model.name_or_path
+        if base_model is None and not model.towers_from_sources:
+            raise CheckpointError(
+                "adapter_only=True: the base towers are random and saved nowhere. Save the base model first and "
+                "load it with MMRadModel.from_pretrained, or pass base_model="
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "model_type": MODEL_TYPE,
+        "mmrad_version": __version__,
+        "label_names": list(model.label_names),
+        "lora": dataclasses.asdict(model.lora_settings) if model.lora_settings is not None else None,
+        "adapter_only": adapter_only,
+        "base_model": str(base_model) if adapter_only and base_model is not None else None,
+    }
+    with open(out / CONFIG_NAME, "w", encoding="utf-8") as f:
+        json.dump({**meta, **model.config.to_dict()}, f, indent=2)
+        f.write("\n")
+    state = adapter_state_dict(model) if adapter_only else model.state_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    stale = out / (WEIGHTS_NAME if adapter_only else ADAPTER_WEIGHTS_NAME)
+    stale.unlink(missing_ok=True)  # one weights file per folder, so a folder is never ambiguous
+    save_file(state, str(out / (ADAPTER_WEIGHTS_NAME if adapter_only else WEIGHTS_NAME)), metadata={"format": "pt"})
+    if hasattr(model.tokenizer, "save_pretrained"):
+        model.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+    logger.info("saved %s%s to %s", "adapters of " if adapter_only else "", type(model).__name__, out)
+    return out
+
+
+def resolve_folder(name_or_path: str | Path, revision: str | None = None) -> Path:
+    """A local folder as is; otherwise a Hub repo id, fetched through the Hugging Face cache (offline: cache only)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=str(name_or_path), revision=revision))
+    except Exception as err:  # invalid id, offline without cache, missing repo
+        raise CheckpointError(f"{name_or_path}: not a model folder, and not fetchable from the Hub ({err})") from err
+
+
+def read_config(folder: Path) -> tuple[dict, MMRadConfig]:
+    """``(meta, config)`` from a folder's ``config.json``."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no {CONFIG_NAME} (not an mmrad model folder)")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("model_type") != MODEL_TYPE:
+        raise CheckpointError(f"{path}: model_type is {data.get('model_type')!r}, not {MODEL_TYPE!r}")
+    meta = {k: data.pop(k, None) for k in META_KEYS}
+    return meta, MMRadConfig.from_dict(data)
+
+
+def load_model(cls, name_or_path: str | Path, *, revision: str | None = None):
+    """Load a folder written by :func:`save_model` (see the module docstring)."""
+    from mmrad.models.lora import apply_lora
+
+    folder = resolve_folder(name_or_path, revision)
+    meta, config = read_config(folder)
+    tokenizer_name = config.text.tokenizer
+    if (folder / TOKENIZER_DIR).is_dir():
+        config.text.tokenizer = str(folder / TOKENIZER_DIR)  # the saved copy wins; the config keeps the name
+    adapter_only = bool(meta["adapter_only"])
+    model = _base_for_adapters(cls, config, meta["base_model"], revision) if adapter_only else cls(config)
+    if meta["lora"] is not None:
+        apply_lora(model, LoraSettings(**meta["lora"]))
+    name = ADAPTER_WEIGHTS_NAME if meta["adapter_only"] else WEIGHTS_NAME
+    if not (folder / name).is_file():
+        raise CheckpointError(f"{folder}: {name} is missing")
+    state = load_file(str(folder / name))
+    if meta["adapter_only"]:
+        from mmrad.models.lora import adapter_state_dict
+
+        expected = set(adapter_state_dict(model))
+        _check_keys(folder / name, expected, set(state))
+        model.load_state_dict(state, strict=False)
+    else:
+        _check_keys(folder / name, set(model.state_dict()), set(state))
+        model.load_state_dict(state, strict=True)
+    if list(model.label_names) != list(meta["label_names"] or model.label_names):
+        raise CheckpointError(f"{folder}: label_names in {CONFIG_NAME} do not match the config's labels")
+    model.config.text.tokenizer = tokenizer_name
+    model.name_or_path = str(name_or_path)
+    model._query_cache = None
+    return model.eval()
+
+
+def _check_keys(path: Path, expected: set[str], found: set[str]) -> None:
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match the model config — missing {len(missing)} {missing[:8]}, "
+            f"unexpected {len(unexpected)} {unexpected[:8]}"
+        )
+
+
+def _base_for_adapters(cls, config: MMRadConfig, base_model: str | None, revision: str | None):
+    """The model of an adapter-only folder with its base tower weights loaded (adapters not yet applied)."""
+    from mmrad.models.modeling import is_tower_parameter
+
+    if base_model is None:
+        return cls.from_towers(config)
+    model = cls(copy.deepcopy(config))
+    base = resolve_folder(base_model, revision if not Path(base_model).is_dir() else None)
+    base_meta, _ = read_config(base)
+    if base_meta["adapter_only"] or base_meta["lora"] is not None:
+        raise CheckpointError(f"{base}: the base of adapters must be a full model without LoRA (merge_lora it)")
+    if not (base / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"{base}: {WEIGHTS_NAME} is missing")
+    state = load_file(str(base / WEIGHTS_NAME))
+    towers = {k: v for k, v in state.items() if is_tower_parameter(k)}
+    expected = {k for k in model.state_dict() if is_tower_parameter(k)}
+    _check_keys(base / WEIGHTS_NAME, expected, set(towers))
+    with torch.no_grad():
+        model.load_state_dict(towers, strict=False)
+    return model

@@ -1,0 +1,62 @@
+"""The cross-attention query decoder."""
+
+import pytest
+import torch
+
+from mmrad.models.fusion import QueryDecoder, attention_maps
+
+
+@pytest.mark.parametrize("shared_queries", [True, False])
+def test_decoder_shapes_and_attention_rows(shared_queries):
+    torch.manual_seed(0)
+    decoder = QueryDecoder(dim=16, num_layers=3, num_heads=2)
+    memory = torch.randn(2, 12, 16)
+    queries = torch.randn(5, 16) if shared_queries else torch.randn(2, 5, 16)
+    states, attentions = decoder(queries, memory)
+    assert states.shape == (2, 5, 16)
+    assert len(attentions) == 3
+    for weights in attentions:
+        assert weights.shape == (2, 5, 12)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 5))  # a distribution over patches per query
+
+
+def test_attention_maps_average_the_last_k_layers():
+    attentions = [torch.full((1, 2, 6), float(i)) for i in range(3)]
+    maps = attention_maps(attentions, (2, 3), last_k=2)
+    assert maps.shape == (1, 2, 2, 3)
+    assert torch.all(maps == 1.5)
+    with pytest.raises(ValueError):
+        attention_maps(attentions, (2, 3), last_k=4)
+
+
+def test_without_self_attention_each_query_is_scored_alone():
+    torch.manual_seed(0)
+    memory = torch.randn(2, 8, 16)
+    queries = torch.randn(4, 16)
+    alone = QueryDecoder(16, 2, 2, self_attention=False).eval()
+    states, _ = alone(queries, memory)
+    first, _ = alone(queries[:1], memory)
+    torch.testing.assert_close(states[:, :1], first)
+    mixed = QueryDecoder(16, 2, 2, self_attention=True).eval()
+    states, _ = mixed(queries, memory)
+    first, _ = mixed(queries[:1], memory)
+    assert not torch.allclose(states[:, :1], first)
+
+
+def test_a_query_attends_to_the_patch_it_matches():
+    """With identity projections, a query equal to one patch's features puts its attention there."""
+    torch.manual_seed(0)
+    decoder = QueryDecoder(dim=8, num_layers=1, num_heads=1, self_attention=False).eval()
+    cross = decoder.layers[0].cross_attn
+    with torch.no_grad():
+        for linear in (cross.q, cross.k):
+            linear.weight.copy_(torch.eye(8) * 4)
+            linear.bias.zero_()
+        for norm in (decoder.memory_norm, decoder.layers[0].norm_cross):
+            norm.weight.fill_(1.0)
+            norm.bias.zero_()
+    memory = torch.randn(1, 16, 8)
+    hot = 11
+    queries = memory[0, hot : hot + 1].clone()
+    _, attentions = decoder(queries, memory)
+    assert attentions[0][0, 0].argmax().item() == hot

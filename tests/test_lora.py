@@ -1,0 +1,164 @@
+"""LoRA through peft: targets per tower, what trains, merging, adapter-only save/load, the summary."""
+
+import copy
+
+import pytest
+import torch
+
+from mmrad.config import ConfigError, LoraSettings
+from mmrad.models import CheckpointError, MMRadModel, apply_lora, is_tower_parameter, merge_lora, trainable_summary
+from mmrad.models.lora import adapter_state_dict
+from tests.test_modeling import make_batch
+from tests.test_towers import tower_config
+
+SETTINGS = LoraSettings(enabled=True, r=4, alpha=8)
+
+
+def perturb_adapters(model, seed=0):
+    """Fresh LoRA B matrices are zero; give them values so that adapters change outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+
+
+@pytest.mark.parametrize(
+    "kind, vision_layer",
+    [("vit", "MultiheadAttention"), ("resnet", "Conv2d"), ("timm", "Linear")],
+)
+def test_lora_wraps_both_towers_and_trains_only_adapters_and_new_modules(tiny_config, kind, vision_layer):
+    torch.manual_seed(0)
+    model = MMRadModel(tower_config(tiny_config, kind))
+    total_before = sum(p.numel() for p in model.parameters())
+    apply_lora(model, SETTINGS)
+    for tower in ("vision", "text"):
+        wrapped = [m for n, m in model.named_modules() if n.startswith(tower + ".") and hasattr(m, "lora_A")]
+        assert len(wrapped) > 0
+    assert any(
+        type(m.get_base_layer()).__name__ == vision_layer for m in model.vision.modules() if hasattr(m, "lora_A")
+    )
+    for name, param in model.named_parameters():
+        if is_tower_parameter(name):
+            assert param.requires_grad == ("lora_" in name), name
+        else:
+            assert param.requires_grad, name  # projections, decoder and head train in full
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    assert total > total_before and trainable / total < 0.5
+    batch = make_batch(model)
+    model(**batch).loss.backward()
+    lora = [(n, p) for n, p in model.named_parameters() if "lora_" in n]
+    assert all(p.grad is not None for _, p in lora)
+    for tower in ("vision", "text"):  # B gets a gradient from the very first step (A's is zero while B is)
+        assert any(p.grad.any() for n, p in lora if n.startswith(tower) and "lora_B" in n)
+
+
+@pytest.mark.parametrize("kind", ["vit", "resnet", "timm"])
+def test_merged_equals_unmerged(tiny_config, kind):
+    torch.manual_seed(0)
+    model = MMRadModel(tower_config(tiny_config, kind)).eval()
+    batch = make_batch(model)
+    with torch.no_grad():
+        base = model(**batch).logits
+    apply_lora(model, SETTINGS)
+    perturb_adapters(model)
+    model.eval()
+    with torch.no_grad():
+        unmerged = model(**batch)
+    assert not torch.allclose(unmerged.logits, base, atol=1e-4)  # the adapters do something
+    merge_lora(model)
+    assert model.lora_settings is None
+    assert not any("lora_" in n or "base_layer" in n for n, _ in model.named_parameters())
+    with torch.no_grad():
+        merged = model(**batch)
+    torch.testing.assert_close(merged.logits, unmerged.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(merged.image_embeds, unmerged.image_embeds, atol=1e-5, rtol=0)
+
+
+def test_unmatched_target_lists_the_modules_that_exist(tiny_model):
+    with pytest.raises(ConfigError, match=r"\['q_proj'\] match no module.*c_fc"):
+        apply_lora(tiny_model, LoraSettings(vision_targets=["q_proj"], towers=["vision"]))
+    with pytest.raises(ConfigError, match="match no module.*query"):
+        apply_lora(tiny_model, LoraSettings(text_targets=["Wqkv"], towers=["text"]))
+
+
+def test_an_adapter_the_forward_bypasses_is_an_error_and_changes_nothing(tiny_model):
+    before = {n: (p.shape, p.requires_grad) for n, p in tiny_model.named_parameters()}
+    # nn.MultiheadAttention reads out_proj's weight directly, so an adapter there would never act
+    with pytest.raises(ConfigError, match="bypasses"):
+        apply_lora(tiny_model, LoraSettings(vision_targets=["attn.out_proj"]))
+    with pytest.raises(ConfigError, match="bypasses"):
+        apply_lora(tiny_model, LoraSettings(vision_targets=["attn", "attn.out_proj"]))
+    assert {n: (p.shape, p.requires_grad) for n, p in tiny_model.named_parameters()} == before
+    assert tiny_model.lora_settings is None
+
+
+def test_lora_on_one_tower_only(tiny_model):
+    apply_lora(tiny_model, LoraSettings(towers=["text"]))
+    assert all(p.requires_grad for p in tiny_model.vision.parameters())
+    assert not any("lora_" in n for n, _ in tiny_model.vision.named_parameters())
+    with pytest.raises(ConfigError, match="already applied"):
+        apply_lora(tiny_model, SETTINGS)
+
+
+def test_trainable_summary(tiny_model):
+    apply_lora(tiny_model, SETTINGS)
+    table = trainable_summary(tiny_model)
+    lines = table.splitlines()
+    assert lines[0].split() == ["component", "trainable", "total", "%"]
+    rows = {line.rsplit(maxsplit=3)[0]: line.split()[-3:] for line in lines[1:]}
+    assert rows["vision"][0] == "0" and rows["text"][0] == "0"
+    assert rows["vision (LoRA)"][2] == "100.00" and rows["decoder"][2] == "100.00"
+    assert set(rows) >= {"image_proj", "patch_proj", "text_proj", "head", "logit_scale", "all"}
+
+
+@pytest.mark.parametrize("kind", ["vit", "resnet"])
+def test_adapter_only_save_is_small_and_reloads_identically(tmp_path, tiny_config, kind):
+    torch.manual_seed(0)
+    cfg = tower_config(tiny_config, kind)
+    MMRadModel(cfg).save_pretrained(tmp_path / "base")
+    model = MMRadModel.from_pretrained(tmp_path / "base")
+    apply_lora(model, SETTINGS)
+    model.train()
+    batch = make_batch(model)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(**batch).loss.backward()  # one step: adapters, new modules and BatchNorm statistics all move
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    full = model.save_pretrained(tmp_path / "full")
+    adapters = model.save_pretrained(tmp_path / "adapters", adapter_only=True)
+    assert not (adapters / "model.safetensors").exists()
+    full_size = (full / "model.safetensors").stat().st_size
+    adapter_size = (adapters / "adapter_model.safetensors").stat().st_size
+    if kind == "resnet":  # the demo-sized ViT's new modules outweigh its towers; the ResNet shows the saving
+        assert adapter_size < full_size / 4
+    else:
+        assert adapter_size < full_size
+    assert set(adapter_state_dict(model)) < set(model.state_dict())
+    for folder in (full, adapters):
+        loaded = MMRadModel.from_pretrained(folder)
+        assert loaded.lora_settings is not None
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(**batch).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_adapter_only_needs_a_base(tmp_path, tiny_model):
+    with pytest.raises(CheckpointError, match="needs LoRA"):
+        tiny_model.save_pretrained(tmp_path / "a", adapter_only=True)
+    apply_lora(tiny_model, SETTINGS)
+    with pytest.raises(CheckpointError, match="random"):
+        tiny_model.save_pretrained(tmp_path / "a", adapter_only=True)
+
+
+def test_adapter_base_must_match(tmp_path, tiny_config):
+    MMRadModel(tiny_config).save_pretrained(tmp_path / "base")
+    other = copy.deepcopy(tiny_config)
+    other.vision.model_cfg["vision_cfg"]["layers"] = 1
+    model = MMRadModel(other)
+    apply_lora(model, SETTINGS)
+    model.save_pretrained(tmp_path / "adapters", adapter_only=True, base_model=str(tmp_path / "base"))
+    with pytest.raises(CheckpointError, match="missing|unexpected"):
+        MMRadModel.from_pretrained(tmp_path / "adapters")

@@ -162,6 +162,13 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--id-column", metavar="COL", help="column copied to the output (default: the row number)")
     p.add_argument("--vocabulary", default="chexpert", help="chexpert (default), nih14 or a vocabulary FILE.yaml")
+    p.add_argument(
+        "--speculation",
+        default="uncertain",
+        choices=["uncertain", "absent"],
+        help="findings only proposed as an interpretation ('may represent pneumonia', 'possible effusion'): "
+        "-1 (uncertain, default) or 0 (absent)",
+    )
     p.add_argument("--evidence", action="store_true", help="add an 'evidence' column (JSON: mentions, cues, spans)")
     p.add_argument("--num-workers", type=int, default=1, help="processes labeling in parallel (default 1)")
     p.add_argument("--out", required=True, metavar="OUT.csv", help="output CSV")
@@ -178,6 +185,7 @@ def _run_label(args: argparse.Namespace) -> int:
         text_columns=[c.strip() for c in args.text_columns.split(",") if c.strip()],
         id_column=args.id_column,
         vocabulary=args.vocabulary,
+        speculation=args.speculation,
         evidence=args.evidence,
         num_workers=args.num_workers,
         progress=not args.no_progress,

@@ -110,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the openi folder")
     parser.add_argument("--vocabulary", default="nih14", choices=sorted(MAPPINGS))
+    parser.add_argument(
+        "--speculation",
+        default="uncertain",
+        choices=["uncertain", "absent"],
+        help="label of findings only proposed as an interpretation ('may represent X'); see ReportLabeler",
+    )
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--errors", metavar="COLUMN", help="print the reports where COLUMN disagrees with the gold")
     args = parser.parse_args(argv)
@@ -117,14 +123,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no OpenI data at {args.data}", file=sys.stderr)
         return 1
     texts, gold = read_openi(args.data)
-    labeler = ReportLabeler(args.vocabulary)
+    labeler = ReportLabeler(args.vocabulary, speculation=args.speculation)
     t0 = time.perf_counter()
     results = labeler.label_many(texts)
     seconds = time.perf_counter() - t0
     labels = np.stack([r.as_array() for r in results])
     mapping = MAPPINGS[args.vocabulary]
     scores = evaluate(labels, labeler.label_names, gold, mapping)
-    print(f"OpenI dev: {len(texts)} reports, vocabulary {args.vocabulary}, labeled in {seconds:.2f} s")
+    print(
+        f"OpenI dev: {len(texts)} reports, vocabulary {args.vocabulary}, speculation {args.speculation}, "
+        f"labeled in {seconds:.2f} s"
+    )
     for mode, res in scores.items():
         print(f"\n{mode.replace('_', ' ')}")
         print(
@@ -141,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.errors:
         _print_errors(args.errors, texts, results, labels, labeler.label_names, gold, mapping)
     if args.out:
-        args.out.write_text(json.dumps({"vocabulary": args.vocabulary, "reports": len(texts), **scores}, indent=2))
+        meta = {"vocabulary": args.vocabulary, "speculation": args.speculation, "reports": len(texts)}
+        args.out.write_text(json.dumps({**meta, **scores}, indent=2))
     return 0
 
 

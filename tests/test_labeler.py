@@ -250,6 +250,32 @@ def test_label_many_in_order_and_with_workers(nih):
         assert a.evidence == b.evidence
 
 
+@pytest.mark.parametrize(
+    "text, finding, uncertain, absent",
+    [
+        ("Opacity may represent pneumonia.", "Pneumonia", -1, 0),
+        ("Possible small effusion.", "Effusion", -1, 0),
+        ("Hyperexpanded lungs suggestive of emphysema.", "Emphysema", -1, 0),
+        ("Cannot exclude a small pneumothorax.", "Pneumothorax", -1, 0),
+        ("A small pneumothorax is not excluded.", "Pneumothorax", -1, 0),
+        ("Probable small effusion.", "Effusion", -1, -1),  # a hedge on a named finding
+        ("Bibasilar opacities, likely atelectasis.", "Atelectasis", -1, -1),
+        ("Borderline cardiomegaly.", "Cardiomegaly", -1, -1),
+        ("Atelectasis versus scarring.", "Atelectasis", -1, -1),  # alternatives
+        ("Left base atelectasis or infiltrate.", "Infiltration", -1, -1),
+        ("No opacity to suggest pneumonia.", "Pneumonia", 0, 0),
+        ("Possible effusion. Small effusion on the left.", "Effusion", 1, 1),
+    ],
+)
+def test_speculation_policy(text, finding, uncertain, absent):
+    assert ReportLabeler("nih14").label(text).labels[finding] == uncertain
+    result = ReportLabeler("nih14", speculation="absent").label(text)
+    assert result.labels[finding] == absent
+    assert all(e.value == absent for e in result.evidence[finding])
+    with pytest.raises(ValueError, match="speculation"):
+        ReportLabeler("nih14", speculation="maybe")
+
+
 def test_user_vocabulary(tmp_path):
     path = tmp_path / "vocab.yaml"
     path.write_text(

@@ -44,6 +44,8 @@ def test_label_csv(tmp_path, capsys):
     assert rows[2]["Cardiomegaly"] == "1"
     printed = capsys.readouterr().out
     assert "labeled 3 reports" in printed and "Effusion" in printed
+    assert main([*argv, "--out", str(out), "--no-progress", "--speculation", "absent"]) == 0
+    assert read_csv(out)[0]["Pneumonia"] == "0"  # "Possible pneumonia."
 
 
 def test_label_jsonl_with_evidence_and_default_vocabulary(tmp_path):

@@ -47,6 +47,7 @@ def label_file(
     text_columns: list[str],
     id_column: str | None = None,
     vocabulary: str | Path = "chexpert",
+    speculation: str = "uncertain",
     evidence: bool = False,
     num_workers: int = 1,
     progress: bool = False,
@@ -59,6 +60,7 @@ def label_file(
         text_columns: the columns whose text makes the report, in order (e.g. ``["findings", "impression"]``).
         id_column: a column copied to the output to identify the rows; None writes the row number.
         vocabulary: ``"chexpert"``, ``"nih14"`` or a vocabulary YAML file.
+        speculation: ``"uncertain"`` or ``"absent"``; see :class:`~mmrad.data.labeler.ReportLabeler`.
         evidence: also write an ``evidence`` column (JSON).
         num_workers: processes labeling in parallel.
         progress: show a progress bar on stderr.
@@ -72,7 +74,7 @@ def label_file(
     path, out = Path(path), Path(out)
     if not text_columns:
         raise LabelFileError("no text columns given (e.g. --text-columns findings,impression)")
-    labeler = ReportLabeler(vocabulary)
+    labeler = ReportLabeler(vocabulary, speculation=speculation)
     t0 = time.perf_counter()
     ids, texts = _read(path, text_columns, id_column)
     logger.info("labeling %d reports from %s with the %s vocabulary", len(texts), path, labeler.vocabulary.name)

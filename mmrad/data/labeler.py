@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 NAN = float("nan")
 DEFAULT_SECTIONS = ("FINDINGS", "IMPRESSION")
 UNLABELED_SECTIONS = ("INDICATION", "COMPARISON", "TECHNIQUE")
+SPECULATION = ("uncertain", "absent")
 _KINDS = ("mentions", "uncertain_mentions", "negative_mentions", "exclusions")
 _RANK = {POS: 3, UNC: 2, NEG: 1}  # aggregation: positive > uncertain > negative
 
@@ -80,11 +81,24 @@ class ReportLabeler:
         vocabulary: ``"chexpert"`` (default), ``"nih14"``, a YAML file, or a loaded :class:`~mmrad.labels.Vocabulary`.
         sections: the sections labeled when the report has any of them; otherwise every section but INDICATION,
             COMPARISON and TECHNIQUE is labeled.
+        speculation: the label of a finding that is only proposed as an interpretation ("may represent
+            pneumonia", "possible effusion", "suggestive of emphysema", "cannot exclude a pneumothorax"):
+            ``"uncertain"`` (-1, the CheXpert convention; default) or ``"absent"`` (0, the convention of the OpenI
+            gold labels, where such hedged findings are not indexed). Hedges that qualify a named finding
+            ("probable", "likely", "borderline") and alternatives ("atelectasis or scarring") stay -1 either way.
     """
 
-    def __init__(self, vocabulary: str | Path | Vocabulary = "chexpert", sections: Iterable[str] = DEFAULT_SECTIONS):
+    def __init__(
+        self,
+        vocabulary: str | Path | Vocabulary = "chexpert",
+        sections: Iterable[str] = DEFAULT_SECTIONS,
+        speculation: str = "uncertain",
+    ):
+        if speculation not in SPECULATION:
+            raise ValueError(f"speculation must be one of {SPECULATION}, got {speculation!r}")
         self.vocabulary = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
         self.sections = tuple(s.upper() for s in sections)
+        self.speculation = speculation
         self.label_names: list[str] = self.vocabulary.names
         self._rules: dict[int, list[int]] = {}  # no_finding finding -> findings it looks at
         phrases: dict[tuple[str, ...], list[_Entry]] = {}
@@ -114,7 +128,10 @@ class ReportLabeler:
         self._mention_regex = compile_phrases(mention_groups) if mention_groups else None
 
     def __repr__(self) -> str:
-        return f"ReportLabeler(vocabulary={self.vocabulary.name!r}, findings={len(self.label_names)})"
+        return (
+            f"ReportLabeler(vocabulary={self.vocabulary.name!r}, findings={len(self.label_names)}, "
+            f"speculation={self.speculation!r})"
+        )
 
     # ------------------------------------------------------------------------------------------------------------
 
@@ -141,6 +158,7 @@ class ReportLabeler:
             if (s.section in wanted if wanted is not None else s.section not in UNLABELED_SECTIONS)
         ]
         text = report.text
+        speculation_absent = self.speculation == "absent"
         for sentence in sentences:
             hits = self._mentions(text, sentence.start, sentence.end)
             if not hits:
@@ -149,6 +167,8 @@ class ReportLabeler:
             spans = [(s, e) for s, e, _, _ in hits]
             for start, end, entries, clausal in hits:
                 value, cue = resolve(text, start, end, cues, spans, clausal)
+                if value == UNC and speculation_absent and cue is not None and cue.speculative:
+                    value = NEG
                 for entry in entries:
                     v = _value(entry.kind, value)
                     if v is None:
@@ -192,7 +212,11 @@ class ReportLabeler:
                 ctx, init, initargs = mp.get_context("fork"), None, ()
                 _WORKER = self
             else:
-                ctx, init, initargs = mp.get_context(), _init_worker, (self.vocabulary, self.sections)
+                ctx, init, initargs = (
+                    mp.get_context(),
+                    _init_worker,
+                    (self.vocabulary, self.sections, self.speculation),
+                )
             results = []
             try:
                 with ctx.Pool(num_workers, initializer=init, initargs=initargs) as pool:
@@ -263,9 +287,9 @@ def _progress_bar(total: int, show: bool):
 _WORKER: ReportLabeler | None = None  # the labeler of a worker process
 
 
-def _init_worker(vocabulary: Vocabulary, sections: tuple[str, ...]) -> None:
+def _init_worker(vocabulary: Vocabulary, sections: tuple[str, ...], speculation: str) -> None:
     global _WORKER
-    _WORKER = ReportLabeler(vocabulary, sections)
+    _WORKER = ReportLabeler(vocabulary, sections, speculation)
 
 
 def _label_chunk(texts: list[str | None]) -> list[tuple[list[float], list[tuple]]]:

@@ -88,8 +88,8 @@ CUES: dict[str, dict[str, list[str]]] = {
             "are possible", "is questioned", "is likely", "are likely", "is probable", "is not excluded",
             "is questionable", "not well seen", "not well visualized", "is not well seen", "is uncertain",
             "is not certain", "would be difficult to exclude", "difficult to exclude", "difficult to entirely exclude",
-            "is considered", "?", "could be", "may be", "might be", "may", "might", "could", "likely",
-            "most likely", "probable", "possible",
+            "is considered", "is a possibility", "a possibility", "is a consideration", "?", "could be", "may be",
+            "might be", "may", "might", "could", "likely", "most likely", "probable", "possible",
         ],
     },
     "pseudo": {
@@ -165,6 +165,27 @@ DEPENDENT = frozenset(
         "worrisome for", "concern for", "to account for",
     )
 )  # fmt: skip
+# uncertainty cues that introduce a list of alternatives: their scope runs to the end of the sentence (or ';')
+WIDE = frozenset(
+    tuple(p.split())
+    for p in (
+        "differential", "differential diagnosis", "differential considerations", "ddx", "considerations include",
+        "differential diagnosis includes", "differential includes",
+    )
+)  # fmt: skip
+
+
+# uncertainty cues that qualify the certainty of a named finding rather than propose an interpretation; every other
+# uncertainty cue is speculative ("may represent", "possible", "suggestive of", "cannot exclude")
+HEDGES = frozenset(
+    tuple(p.split())
+    for p in (
+        "probable", "probably", "likely", "most likely", "more likely", "less likely", "likely represents",
+        "likely reflects", "is likely", "are likely", "is probable", "borderline", "questionable", "is questionable",
+        "question", "question of", "questioned", "is questioned", "?", "presumed", "presumably", "presumptive",
+        "apparent", "vague", "equivocal", "indeterminate", "either",
+    )
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -175,6 +196,8 @@ class Cue:
     pre: bool  # applies to mentions after it
     post: bool  # applies to mentions before it
     dependent: bool = False  # an uncertainty cue that a negation of the phrase before it negates (DEPENDENT)
+    wide: bool = False  # an uncertainty cue whose scope is the rest of the sentence (WIDE)
+    speculative: bool = False  # an uncertainty cue that proposes an interpretation (not in HEDGES)
 
 
 def phrase_tokens(phrase: str) -> tuple[str, ...]:
@@ -244,7 +267,7 @@ def _emit(node: dict) -> str:
     return options[0] if len(options) == 1 else "(?:" + "|".join(options) + ")"
 
 
-def _build_cue_regex() -> tuple[re.Pattern, dict[str, tuple[str, bool, bool, bool]]]:
+def _build_cue_regex() -> tuple[re.Pattern, dict[str, tuple]]:
     merged: dict[tuple[str, ...], tuple[str, bool, bool]] = {}
     for effect, by_direction in CUES.items():
         for direction, phrases in by_direction.items():
@@ -257,7 +280,10 @@ def _build_cue_regex() -> tuple[re.Pattern, dict[str, tuple[str, bool, bool, boo
                     raise ValueError(f"cue {phrase!r} has two effects: {old[0]} and {effect}")
                 merged[words] = (effect, pre, post)
     groups = {words: f"c{i}" for i, words in enumerate(merged)}
-    table = {groups[words]: (*value, words in DEPENDENT) for words, value in merged.items()}
+    table = {
+        groups[words]: (*value, words in DEPENDENT, words in WIDE, value[0] == "unc" and words not in HEDGES)
+        for words, value in merged.items()
+    }
     return compile_phrases(groups, plural=False), table
 
 
@@ -269,7 +295,7 @@ def find_cues(text: str, start: int, end: int) -> list[Cue]:
     table = _CUE_TABLE
     out: list[Cue] = []
     for m in _CUE_RE.finditer(text, start, end):
-        effect, pre, post, dependent = table[m.lastgroup]
+        effect, pre, post, dependent, wide, speculative = table[m.lastgroup]
         if effect == "skip":
             continue
         if effect == "pred":
@@ -279,7 +305,7 @@ def find_cues(text: str, start: int, end: int) -> list[Cue]:
             effect = "stop"
         if effect in ("stop", "copula") and out and _governs_clause(text, out[-1], m.start()):
             continue  # "not clear whether there is ...": the trigger governs the clause that follows
-        out.append(Cue(m.start(), m.end(), effect, pre, post, dependent))
+        out.append(Cue(m.start(), m.end(), effect, pre, post, dependent, wide, speculative))
     return out
 
 
@@ -321,6 +347,7 @@ def resolve(text: str, start: int, end: int, cues: list[Cue], mentions: list[tup
     while i >= 0:
         cue = cues[i]
         if cue.effect in ("stop", "copula") or (clausal and "," in text[cue.end : start]):
+            before = _wide(text, cues, i, start)
             break
         if cue.effect == "pseudo":  # "resolving pneumonia" stays positive, "could be resolving pneumonia" not
             if not cue.pre:
@@ -355,6 +382,14 @@ def resolve(text: str, start: int, end: int, cues: list[Cue], mentions: list[tup
         if alt is not None:
             return UNC, alt
     return POS, pseudo or after
+
+
+def _wide(text: str, cues: list[Cue], i: int, start: int) -> Cue | None:
+    """A list-introducing uncertainty cue before ``cues[i]`` whose scope reaches ``start`` ("differential ... is")."""
+    for k in range(i - 1, -1, -1):
+        if cues[k].wide:
+            return None if any(ch in text[cues[k].end : start] for ch in ";:") else cues[k]
+    return None
 
 
 def _negated(text: str, cues: list[Cue], i: int, mentions: list[tuple[int, int]]) -> bool:

@@ -237,6 +237,23 @@ def test_jsonl_and_parquet_manifests(tmp_path):
         assert (summary.kept, summary.rejected) == (kept, rejected), name
 
 
+def test_non_utf8_cells_reject_their_row_only(tmp_path):
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name)
+    (tmp_path / "bad.txt").write_bytes(b"Findings: \xff\xfe no effusion")
+    (tmp_path / "m.csv").write_bytes(
+        b"image,report,report_path,patient_id,Pneumothorax\n"
+        b"a.png,No pneumothorax.,,A,0\n"
+        b"b.png,Caf\xe9 report,,B,0\n"
+        b"a.png,,bad.txt,C,0\n"
+    )
+    summary = ingest(tmp_path / "m.csv", tmp_path / "c", image_size=8, labels="manifest", progress=False)
+    assert (summary.kept, summary.rejected) == (1, 2)
+    reasons = {int(r["row"]): (r["path"], r["reason"]) for r in _rejects(tmp_path / "c")}
+    assert reasons[1] == ("b.png", "column 'report' is not valid UTF-8 text")
+    assert reasons[2] == ("a.png", "report file bad.txt is not UTF-8 text")
+
+
 def test_bad_manifests_are_clear_errors(tmp_path):
     with pytest.raises(ManifestError, match="not found"):
         ingest(tmp_path / "nope.csv", tmp_path / "c", progress=False)

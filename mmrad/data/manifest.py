@@ -104,27 +104,45 @@ def read_records(source: str | PathLike) -> tuple[list[dict], Path]:
 
 
 def _read_csv(path: Path, delimiter: str) -> list[dict]:
-    with path.open(newline="", encoding="utf-8-sig") as f:
+    # undecodable bytes become surrogates so that one bad row is rejected instead of the whole manifest
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         if not reader.fieldnames:
             raise ManifestError(f"{path}: empty manifest (no header row)")
+        if any(_not_utf8(name) for name in reader.fieldnames):
+            raise ManifestError(f"{path}: the manifest header is not UTF-8 text")
         records = []
         for record in reader:
             if None in record:  # more fields than the header
                 records.append({"__error__": f"malformed CSV row ({len(record[None])} field(s) beyond the header)"})
+            elif bad := [k for k, v in record.items() if isinstance(v, str) and _not_utf8(v)]:
+                image = record.get("image") or ""
+                image = image.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                records.append({"__error__": f"column {bad[0]!r} is not valid UTF-8 text", "image": image})
             else:
                 records.append(record)
         return records
 
 
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
+    with path.open("rb") as f:
+        for raw in f:
+            if not raw.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(raw.decode("utf-8-sig"))
+            except UnicodeDecodeError:
+                records.append({"__error__": "JSON line is not valid UTF-8 text"})
+                continue
             except json.JSONDecodeError as err:
                 records.append({"__error__": f"malformed JSON line ({err.msg})"})
                 continue
@@ -315,8 +333,6 @@ def read_manifest(source: str | PathLike, finding_names: list[str]) -> Manifest:
             if not image:
                 raise ValueError("missing image path")
             path = os.path.abspath(base / image)
-            if path in seen:
-                raise ValueError(f"duplicate image (same file as row {seen[path]})")
             patient_id = _cell(record.get("patient_id"))
             if not patient_id:
                 raise ValueError("missing patient_id")
@@ -331,6 +347,8 @@ def read_manifest(source: str | PathLike, finding_names: list[str]) -> Manifest:
                     labels[name] = value
             boxes = parse_boxes(record.get("boxes"))
             masks = {k: os.path.abspath(base / v) for k, v in _parse_masks(record.get("masks")).items()}
+            if path in seen:  # checked last: a row's own problem is the more useful reason
+                raise ValueError(f"duplicate image (same file as row {seen[path]})")
         except ValueError as err:
             rejects.append(Reject(i, image, str(err)))
             continue

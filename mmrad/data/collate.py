@@ -115,7 +115,13 @@ class MMRadCollator:
             return {"input_ids": encoded, "attention_mask": (encoded != 0).long()}
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
-    def _image(self, row: dict) -> tuple[torch.Tensor, np.ndarray]:
+    def _generator(self, row: dict) -> torch.Generator | None:
+        """A row's own generator when it carries ``_augment_seed`` (set by the training loader, so that a resumed
+        run repeats the augmentations of an uninterrupted one), else the collator's."""
+        seed = row.get("_augment_seed")
+        return self.generator if seed is None else torch.Generator().manual_seed(int(seed))
+
+    def _image(self, row: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, np.ndarray]:
         arr = to_float_array(row["image"])
         t = torch.from_numpy(np.ascontiguousarray(arr))
         t = t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
@@ -123,7 +129,7 @@ class MMRadCollator:
         if t.shape[0] == 3 and channels != 3:
             t = t.mean(0, keepdim=True)
         if self.train:  # before the fit, so that padding stays black
-            t = intensity_jitter(t, self.augment, self.generator)
+            t = intensity_jitter(t, self.augment, generator)
         t, matrix = fit_to_square(t, self.preprocess.image_size, self.preprocess.resize)
         if t.shape[0] != channels:  # grey repeated to the tower's channels
             t = t.expand(channels, -1, -1)
@@ -147,8 +153,9 @@ class MMRadCollator:
 
     def __call__(self, rows: list[dict]) -> dict:
         images, matrices, masks, valid = [], [], [], []
-        for row in rows:
-            image, matrix = self._image(row)
+        generators = [self._generator(row) for row in rows]
+        for row, generator in zip(rows, generators, strict=True):
+            image, matrix = self._image(row, generator)
             images.append(image)
             matrices.append(matrix)
             if self.return_masks:
@@ -160,7 +167,7 @@ class MMRadCollator:
         # boxes are clipped to the fitted image before any augmentation moves them
         boxes = [transform_boxes(r.get("boxes") or [], m, size) for r, m in zip(rows, matrices, strict=True)]
         if self.train:
-            augment = [random_affine(size, self.augment, self.generator) for _ in rows]
+            augment = [random_affine(size, self.augment, g) for g in generators]
             pixels = warp(pixels, np.stack(augment))
             boxes = [transform_boxes(b, a, size) for b, a in zip(boxes, augment, strict=True)]
             if self.return_masks:

@@ -142,6 +142,96 @@ def _run_ingest(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# train / evaluate
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, metavar="CONFIG.yaml", help="experiment config (see configs/)")
+    p.add_argument(
+        "--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="override config values"
+    )
+
+
+@command("train")
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model on an ingested corpus (Accelerate: CPU, one or many GPUs)",
+        description="Train with Accelerate. Several GPUs or machines: accelerate launch -m mmrad.cli train ...",
+    )
+    _add_config_args(p)
+    p.add_argument("--corpus", metavar="DIR", help="ingested corpus (overrides data.corpus)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder: model/, checkpoints/, logs/")
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in OUT")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from mmrad.config import load_config
+    from mmrad.training.loop import train
+
+    overrides = list(args.overrides) + ([f"data.corpus={args.corpus}"] if args.corpus else [])
+    cfg = load_config(args.config, overrides)
+    model_dir = train(cfg, args.out, resume=args.resume)
+    print(f"model saved to {model_dir}")
+    return 0
+
+
+@command("evaluate")
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a saved model on a corpus split (metrics.json + ROC plots)")
+    p.add_argument("model", metavar="MODEL_DIR", help="a folder written by save_pretrained (or a Hub repo id)")
+    p.add_argument("corpus", metavar="CORPUS_DIR", help="an ingested corpus")
+    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument("--out", default="metrics.json", metavar="FILE", help="metrics file; ROC PNGs go beside it")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0 = none)")
+    p.add_argument("--threshold", type=float, default=0.5, help="decision threshold for F1 (default 0.5)")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from mmrad.training.evaluation import evaluate_corpus
+
+    metrics = evaluate_corpus(
+        args.model,
+        args.corpus,
+        split=args.split,
+        out=args.out,
+        batch_size=args.batch_size,
+        n_bootstrap=args.bootstrap,
+        threshold=args.threshold,
+    )
+    print(_metrics_table(metrics))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _metrics_table(metrics: dict) -> str:
+    cls = metrics["classification"]
+    lines = [f"{'finding':<28} {'AUROC':>6} {'95% CI':>15} {'AUPRC':>6} {'F1':>6} {'n':>6} {'pos':>5}"]
+    for name, row in cls["per_class"].items():
+        lo, hi = row["auroc_ci"]
+        ci = f"[{lo:.3f}, {hi:.3f}]" if lo == lo else "-"
+        lines.append(
+            f"{name:<28} {row['auroc']:>6.3f} {ci:>15} {row['auprc']:>6.3f} {row['f1']:>6.3f} {row['n']:>6} "
+            f"{row['n_positive']:>5}"
+        )
+    lo, hi = cls["macro_auroc_ci"]
+    lines.append(f"{'macro':<28} {cls['macro_auroc']:>6.3f} {f'[{lo:.3f}, {hi:.3f}]':>15} {cls['macro_auprc']:>6.3f}")
+    if "retrieval" in metrics:
+        r = metrics["retrieval"]
+        lines.append(
+            "retrieval image->report R@1/5/10: "
+            + "/".join(f"{r[f'image_to_text_R@{k}']:.3f}" for k in (1, 5, 10))
+            + ", report->image: "
+            + "/".join(f"{r[f'text_to_image_R@{k}']:.3f}" for k in (1, 5, 10))
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # label
 # ----------------------------------------------------------------------------------------------------------------
 

@@ -191,6 +191,7 @@ class TrainConfig:
     freeze_vision: bool = False  # without LoRA: train the vision tower in full unless frozen
     freeze_text: bool = False
     gradient_checkpointing: bool = False
+    init_from: str | None = None  # a saved model folder whose weights start this run (e.g. a pre-training stage)
 
     def __post_init__(self):
         for name in ("lr", "tower_lr"):

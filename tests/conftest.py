@@ -104,3 +104,42 @@ def batch(tiny_model):
         **tiny_model.tokenize(reports),
         "labels": labels,
     }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A small ingested phantom corpus shared by the training, evaluation, zero-shot and grounding tests
+# ----------------------------------------------------------------------------------------------------------------
+
+PHANTOM_FINDINGS = ["Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Lung Lesion", "Consolidation"]
+
+
+@pytest.fixture(scope="session")
+def phantom_corpus(tmp_path_factory) -> Path:
+    """80 phantom studies (64 px sources) ingested at 32 px with manifest labels: train/validation/test."""
+    from mmrad.data.corpus import ingest
+    from mmrad.data.synthetic import make_phantom_corpus
+
+    root = tmp_path_factory.mktemp("phantom")
+    make_phantom_corpus(root / "source", n=80, image_size=64, seed=0)
+    ingest(root / "source" / "manifest.csv", root / "corpus", image_size=32, labels="manifest", progress=False)
+    return root / "corpus"
+
+
+@pytest.fixture
+def tiny_experiment(phantom_corpus):
+    """configs/tiny.yaml on the phantom corpus: 5 findings, a few steps, no trackers."""
+    from mmrad.config import load_config
+
+    return load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            f"data.corpus={phantom_corpus}",
+            f"model.labels.names={PHANTOM_FINDINGS!r}",
+            "data.batch_size=8",
+            "train.max_steps=6",
+            "train.eval_every=3",
+            "train.save_every=3",
+            "train.warmup_steps=1",
+            "train.log_with=None",
+        ],
+    )

@@ -1,0 +1,102 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from mmrad.models import MMRadModel
+from mmrad.training.checkpoints import (
+    checkpoint_path,
+    complete_checkpoints,
+    latest_checkpoint,
+    remove_partial_checkpoints,
+)
+from mmrad.training.loop import resolve_mixed_precision, train
+from mmrad.training.schedule import param_groups, warmup_cosine
+
+
+def test_warmup_cosine_schedule():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, warmup_steps=4, total_steps=14)
+    lrs = []
+    for _ in range(14):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])  # linear warmup
+    assert lrs[4] == pytest.approx(1.0)  # peak after warmup
+    assert lrs[9] == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 10)))  # half way down the cosine
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
+
+
+def test_param_groups_split_towers_and_decay(tiny_model):
+    groups = param_groups(
+        tiny_model.named_parameters(),
+        lr=1e-3,
+        tower_lr=1e-5,
+        weight_decay=0.1,
+        is_tower=lambda n: n.startswith("vision."),
+    )
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["tower"]["lr"] == 1e-5 and by_name["new"]["lr"] == 1e-3
+    assert all(n.startswith("vision.") for n in by_name["tower"]["param_names"])
+    no_decay = [n for g in groups if g["weight_decay"] == 0 for n in g["param_names"]]
+    assert any(n.endswith("bias") for n in no_decay) and "logit_scale" in no_decay
+    counted = sum(len(g["params"]) for g in groups)
+    assert counted == sum(1 for p in tiny_model.parameters() if p.requires_grad)
+
+
+def test_mixed_precision_auto_is_fp32_on_cpu():
+    if not torch.cuda.is_available():
+        assert resolve_mixed_precision("auto") == "no"
+    assert resolve_mixed_precision("fp16") == "fp16"
+
+
+def test_train_end_to_end_and_resume_gives_identical_losses(tiny_experiment, tmp_path):
+    out = tmp_path / "run"
+    model_dir = train(tiny_experiment, out)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 6 and len(summary["train_losses"]) == 6
+    assert all(math.isfinite(v) for v in summary["train_losses"])
+    assert [h["step"] for h in summary["history"]] == [3, 6]
+    assert [c.name for c in complete_checkpoints(out / "checkpoints")] == ["step_00000003", "step_00000006"]
+    model = MMRadModel.from_pretrained(model_dir)
+    assert model.label_names == tiny_experiment.model.labels.names
+
+    # a crash after step 3: drop everything later, resume, and compare with the uninterrupted run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out / "checkpoints" / "step_00000003", resumed / "checkpoints" / "step_00000003")
+    train(tiny_experiment, resumed, resume=True)
+    again = json.loads((resumed / "train_summary.json").read_text())
+    assert again["steps"] == 6
+    assert again["train_losses"] == pytest.approx(summary["train_losses"], abs=1e-6)
+
+
+def test_lora_stage_from_a_saved_base(tiny_experiment, tmp_path):
+    base = train(tiny_experiment, tmp_path / "base")
+    cfg = tiny_experiment
+    cfg.train.init_from = str(base)
+    cfg.lora.enabled = True
+    cfg.train.max_steps = 3
+    model_dir = train(cfg, tmp_path / "lora")
+    model = MMRadModel.from_pretrained(model_dir)  # exported with the adapters merged: a plain model
+    assert model.lora_settings is None
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_partial_checkpoints_are_never_resumed(tmp_path):
+    root = tmp_path / "checkpoints"
+    good = checkpoint_path(root, 5)
+    good.mkdir(parents=True)
+    (good / "COMPLETE").write_text("ok")
+    (good / "trainer_state.json").write_text("{}")
+    torn = checkpoint_path(root, 9)  # renamed but without the marker (cannot happen, but never trust it)
+    torn.mkdir()
+    (torn / "trainer_state.json").write_text("{}")
+    tmp = root / ".tmp_step_00000012"
+    tmp.mkdir()
+    assert latest_checkpoint(root) == good
+    removed = remove_partial_checkpoints(root)
+    assert sorted(p.name for p in removed) == [".tmp_step_00000012", "step_00000009"]
+    assert [p.name for p in root.iterdir()] == ["step_00000005"]

@@ -1,5 +1,6 @@
 import csv
 import math
+import time
 
 import numpy as np
 import pytest
@@ -228,16 +229,27 @@ def test_non_string_is_a_type_error(nih, bad, name):
 
 
 def test_any_length_and_unicode(nih):
-    long = "No pleural effusion. " * 20000 + "Small pneumothorax."  # ~400 kB
+    long = "No pleural effusion. " * 10000 + "Small pneumothorax."  # ~200 kB
     result = nih.label(long)
     assert result.labels["Effusion"] == 0 and result.labels["Pneumothorax"] == 1
-    assert len(result.evidence["Effusion"]) == 20000
+    assert len(result.evidence["Effusion"]) == 10000
     text = "Épanchement 肺炎 🫁. İİİ No effusion ǅ. Ünd pneumothorax\u2028present. \x00\x07"
     result = nih.label(text)
     assert result.labels["Effusion"] == 0 and result.labels["Pneumothorax"] == 1
     ev = result.evidence["Pneumothorax"][0]
     assert text[ev.mention_start : ev.mention_end] == "pneumothorax"
     nih.label("".join(chr(c) for c in range(1, 3000)))  # nothing raises
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ["No effusion, ", "effusion or ", "heart is enlarged, ", "1. ", " \t\n", "is are was ", "FINDINGS: x\n", "."],
+)
+def test_pathological_input_takes_linear_time(chexpert, unit):
+    text = unit * (60_000 // len(unit))
+    t0 = time.perf_counter()
+    chexpert.label(text)
+    assert time.perf_counter() - t0 < 10  # about 0.3 s; a quadratic scan would take minutes
 
 
 def test_label_many_in_order_and_with_workers(nih):

@@ -102,8 +102,8 @@ def test_bad_input():
 def test_unicode_and_long_input():
     text = "Épanchement pleural İ 肺炎 🫁. Ünchanged ǅ effusion.\u2028Next line\u00a0here. Ω."
     assert sentences(text)[0] == "Épanchement pleural İ 肺炎 🫁."
-    long = "FINDINGS: " + "No pleural effusion, the heart is normal in size. " * 20000  # ~1 MB
+    long = "FINDINGS: " + "No pleural effusion, the heart is normal in size. " * 10000  # ~500 kB
     report = parse_report(long)
-    assert len(report.sentences) == 20000 and report.sentences[-1].end == len(long.rstrip())
+    assert len(report.sentences) == 10000 and report.sentences[-1].end == len(long.rstrip())
     garbage = "".join(chr(c) for c in range(32, 5000)) + "..." * 1000 + "\n" * 500 + "1." * 1000
     parse_report(garbage)  # anything goes, nothing raises

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmrad.data.negation import GAP, NEG, POS, UNC, compile_phrases, find_cues, phrase_tokens, resolve
+from mmrad.data.negation import GAP, NEG, POS, UNC, Context, compile_phrases, find_cues, phrase_tokens, resolve
 from mmrad.data.reports import parse_report
 from mmrad.labels import Vocabulary, load_vocabulary
 
@@ -164,9 +164,9 @@ class ReportLabeler:
             if not hits:
                 continue
             cues = find_cues(text, sentence.start, sentence.end)
-            spans = [(s, e) for s, e, _, _ in hits]
+            ctx = Context(text, sentence.start, sentence.end, cues, [(s, e) for s, e, _, _ in hits])
             for start, end, entries, clausal in hits:
-                value, cue = resolve(text, start, end, cues, spans, clausal)
+                value, cue = resolve(ctx, start, end, clausal)
                 if value == UNC and speculation_absent and cue is not None and cue.speculative:
                     value = NEG
                 for entry in entries:

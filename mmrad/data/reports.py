@@ -45,8 +45,9 @@ _HEADER_ALT = "|".join(r"\s+".join(map(re.escape, h.split())) for h in sorted(_H
 # its line. Group "name" is the header text; the match ends where the section content starts.
 _HEADER_RE = re.compile(
     rf"""(?:
-        (?:^|(?<=\n)|(?<=[.!?]\ )|(?<=[.!?]\ \ ))[ \t]*(?P<name>{_HEADER_ALT})[ \t]*(?::|[ \t]-+(?=[ \t])|-+(?=[ \t]))
-      | (?:^|(?<=\n))[ \t]*(?P<alone>{_HEADER_ALT})[ \t]*:?[ \t]*(?=\r?\n|$)
+        (?:^|(?<=\n)|(?<=[.!?]\ )|(?<=[.!?]\ \ ))[ \t]{{0,8}}(?=[^\W\d_])(?P<name>{_HEADER_ALT})
+        [ \t]{{0,8}}(?::|[ \t]-+(?=[ \t])|-+(?=[ \t]))
+      | (?:^|(?<=\n))[ \t]{{0,8}}(?=[^\W\d_])(?P<alone>{_HEADER_ALT})[ \t]{{0,8}}:?[ \t]*(?=\r?\n|$)
     )""",
     re.IGNORECASE | re.VERBOSE,
 )
@@ -165,11 +166,11 @@ def _section_spans(text: str) -> list[tuple[str, int, int]]:
 
 
 def _strip(text: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end
+    part = text[start:end]
+    stripped = part.lstrip()
+    if not stripped:
+        return start, start
+    return start + len(part) - len(stripped), start + len(part.rstrip())
 
 
 def _sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:

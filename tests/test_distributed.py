@@ -1,0 +1,58 @@
+"""Two real CPU processes (gloo): the contrastive loss spans the global batch, and `mmrad train` runs on 2 ranks."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PHANTOM_FINDINGS, REPO
+
+BIN = Path(sys.executable).parent
+
+
+def _env() -> dict:
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(BIN)) is None, reason="torchrun not installed")
+def test_contrastive_loss_is_over_the_global_batch(tmp_path):
+    out = tmp_path / "dist.json"
+    _run([str(BIN / "torchrun"), "--nproc_per_node", "2", str(REPO / "tests" / "distributed_check.py"), str(out)],
+         tmp_path)  # fmt: skip
+    seen = json.loads(out.read_text())
+    assert seen["num_processes"] == 2 and seen["ranks"] == [0, 1]
+    local = seen["local_losses"]
+    # the mean of the per-rank losses is the one-process loss over all 8 pairs ...
+    assert sum(local) / 2 == pytest.approx(seen["reference_loss"], abs=1e-5)
+    # ... which a loss without the gather (4 pairs per rank) would not give
+    assert sum(seen["ungathered_losses"]) / 2 != pytest.approx(seen["reference_loss"], abs=1e-3)
+    # and after DDP's averaging the gradients equal the one-process gradients of the global loss
+    assert len(seen["grad_max_abs_diff"]) == 4
+    for name, diff in seen["grad_max_abs_diff"].items():
+        assert diff <= 1e-5 and seen["grad_scale"][name] > 1e-3, name
+
+
+def test_mmrad_train_under_accelerate_launch_uses_two_ranks(phantom_corpus, tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmrad.cli", "train",
+        "--config", str(REPO / "configs" / "tiny.yaml"), "--corpus", str(phantom_corpus), "--out", str(out),
+        "--set", f"model.labels.names={PHANTOM_FINDINGS!r}", "train.max_steps=3", "train.eval_every=3",
+        "train.save_every=3", "train.log_with=None", "data.batch_size=4",
+    ]  # fmt: skip
+    _run(cmd, tmp_path)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["steps"] == 3
+    assert (out / "model" / "model.safetensors").is_file()

@@ -131,7 +131,7 @@ def test_boxes_and_masks_follow_the_image(tokenizer, train, resize):
 
 
 def test_geometry_helpers():
-    image = torch.zeros(1, 10, 20)
+    image = np.zeros((10, 20), np.float32)
     out, matrix = fit_to_square(image, 40, "pad")
     assert out.shape == (1, 40, 40) and np.allclose(matrix, [[2, 0, 0], [0, 2, 10], [0, 0, 1]])
     box = {"label": "x", "x": 0.0, "y": 0.0, "w": 20.0, "h": 10.0}

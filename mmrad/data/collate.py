@@ -122,15 +122,14 @@ class MMRadCollator:
         return self.generator if seed is None else torch.Generator().manual_seed(int(seed))
 
     def _image(self, row: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, np.ndarray]:
-        arr = to_float_array(row["image"])
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+        arr = to_float_array(row["image"])  # (H, W) or (H, W, 3)
         channels = self.preprocess.channels
-        if t.shape[0] == 3 and channels != 3:
-            t = t.mean(0, keepdim=True)
+        if arr.ndim == 3 and channels != 3:
+            arr = arr.mean(axis=-1)
         if self.train:  # before the fit, so that padding stays black
-            t = intensity_jitter(t, self.augment, generator)
-        t, matrix = fit_to_square(t, self.preprocess.image_size, self.preprocess.resize)
+            arr = intensity_jitter(arr, self.augment, generator)
+        out, matrix = fit_to_square(arr, self.preprocess.image_size, self.preprocess.resize)
+        t = torch.from_numpy(out)
         if t.shape[0] != channels:  # grey repeated to the tower's channels
             t = t.expand(channels, -1, -1)
         return t, matrix
@@ -143,11 +142,11 @@ class MMRadCollator:
             if item["label"] not in self.label_names:
                 continue
             k = self.label_names.index(item["label"])
-            mask = torch.from_numpy(to_float_array(item["mask"]))
+            mask = to_float_array(item["mask"])
             mask = mask if mask.ndim == 2 else mask.mean(-1)
             # the same fit as the image, thresholded so that the mask stays binary
-            fitted, _ = fit_to_square(mask[None], size, self.preprocess.resize)
-            out[k] = torch.maximum(out[k], (fitted[0] >= 0.5).float())
+            fitted, _ = fit_to_square(mask, size, self.preprocess.resize)
+            out[k] = torch.maximum(out[k], torch.from_numpy(fitted[0] >= 0.5).float())
             valid[k] = True
         return out, valid
 

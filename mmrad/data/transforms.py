@@ -51,29 +51,34 @@ def to_float_array(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def fit_to_square(image: torch.Tensor, size: int, mode: str = "pad") -> tuple[torch.Tensor, np.ndarray]:
-    """Resize (antialiased) and pad, centre-crop or squash a (C, H, W) image to (C, size, size).
+def fit_to_square(image: np.ndarray, size: int, mode: str = "pad") -> tuple[np.ndarray, np.ndarray]:
+    """Resize (antialiased bilinear) and pad, centre-crop or squash an (H, W) or (H, W, C) float image to square.
+
+    Resizing runs in PIL, single-threaded: per-sample resizes in a collator are small, and torch's intra-op threads
+    only add overhead there (PIL's filter equals ``F.interpolate(..., antialias=True)`` within 1e-5).
 
     Returns:
-        ``(image, matrix)``: the square image and the 3x3 matrix from input to output pixel coordinates.
+        ``(image, matrix)``: the (C, size, size) float32 image (zeros where padded) and the 3x3 matrix from input to
+        output pixel coordinates.
     """
-    _, h, w = image.shape
+    from PIL import Image
+
+    image = image[..., None] if image.ndim == 2 else image
+    h, w, c = image.shape
     if mode == "squash":
         nh = nw = size
     else:
         scale = size / (max(h, w) if mode == "pad" else min(h, w))
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    if (nh, nw) != (h, w):
-        antialias = nh < h or nw < w
-        image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=antialias)[0]
     top, left = (size - nh) // 2, (size - nw) // 2  # negative when cropping
-    out = image.new_zeros((image.shape[0], size, size))
-    src_y, src_x = (
-        slice(max(0, -top), max(0, -top) + min(size, nh)),
-        slice(max(0, -left), max(0, -left) + min(size, nw)),
-    )
-    dst_y, dst_x = slice(max(0, top), max(0, top) + min(size, nh)), slice(max(0, left), max(0, left) + min(size, nw))
-    out[:, dst_y, dst_x] = image[:, src_y, src_x]
+    ch, cw = min(size, nh), min(size, nw)  # the copied extent
+    sy, sx, dy, dx = max(0, -top), max(0, -left), max(0, top), max(0, left)
+    out = np.zeros((c, size, size), dtype=np.float32)
+    for k in range(c):
+        plane = np.ascontiguousarray(image[..., k], dtype=np.float32)
+        if (nh, nw) != (h, w):
+            plane = np.asarray(Image.fromarray(plane, mode="F").resize((nw, nh), Image.BILINEAR))
+        out[k, dy : dy + ch, dx : dx + cw] = plane[sy : sy + ch, sx : sx + cw]
     matrix = np.array([[nw / w, 0, left], [0, nh / h, top], [0, 0, 1]], dtype=np.float64)
     return out, matrix
 
@@ -99,16 +104,14 @@ def warp(images: torch.Tensor, matrices: np.ndarray, mode: str = "bilinear") -> 
     return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
-def intensity_jitter(
-    image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Random gamma, contrast and brightness on an image in [0, 1] (result clipped to [0, 1])."""
+def intensity_jitter(image: np.ndarray, cfg: AugmentConfig, generator: torch.Generator | None = None) -> np.ndarray:
+    """Random gamma, contrast and brightness on a float image in [0, 1] (result clipped to [0, 1])."""
     r = torch.rand(3, generator=generator).tolist()
     gamma = cfg.gamma[0] + (cfg.gamma[1] - cfg.gamma[0]) * r[0]
     contrast = cfg.contrast[0] + (cfg.contrast[1] - cfg.contrast[0]) * r[1]
     brightness = cfg.brightness * (2 * r[2] - 1)
-    out = image.clamp(0, 1) ** gamma
-    return ((out - 0.5) * contrast + 0.5 + brightness).clamp_(0, 1)
+    out = np.clip(image, 0, 1, dtype=np.float32) ** np.float32(gamma)
+    return np.clip((out - 0.5) * np.float32(contrast) + np.float32(0.5 + brightness), 0, 1)
 
 
 def transform_boxes(boxes: list[dict], matrix: np.ndarray, size: int) -> list[dict]:

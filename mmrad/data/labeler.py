@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mmrad.data.negation import GAP, NEG, POS, UNC, Context, compile_phrases, find_cues, phrase_tokens, resolve
-from mmrad.data.reports import parse_report
+from mmrad.data.negation import NEG, POS, UNC, Context, find_cues, resolve
+from mmrad.data.phrases import GAP, compile_phrases, phrase_tokens
+from mmrad.data.reports import lower_text, parse_report
 from mmrad.labels import Vocabulary, load_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -121,8 +122,12 @@ class ReportLabeler:
             elif rule is not None:
                 raise ValueError(f"vocabulary {self.vocabulary.name!r}: {name}.rule {rule!r} is not 'no_finding'")
         groups = {words: f"p{i}" for i, words in enumerate(phrases)}
-        self._entries = {groups[w]: entries for w, entries in phrases.items()}
-        self._clausal = {groups[w] for w in phrases if GAP in w}
+        # group -> (the entries it names, the findings it excludes, whether it is a subject-predicate phrase)
+        self._groups: dict[str, tuple[list[_Entry], frozenset[int], bool]] = {}
+        for words, group in groups.items():
+            excluded = frozenset(e.finding for e in phrases[words] if e.kind == "exclusions")
+            kept = [e for e in phrases[words] if e.kind != "exclusions" and e.finding not in excluded]
+            self._groups[group] = (kept, excluded, GAP in words)
         self._regex = compile_phrases(groups)
         mention_groups = {w: g for w, g in groups.items() if any(e.kind != "exclusions" for e in phrases[w])}
         self._mention_regex = compile_phrases(mention_groups) if mention_groups else None
@@ -158,13 +163,14 @@ class ReportLabeler:
             if (s.section in wanted if wanted is not None else s.section not in UNLABELED_SECTIONS)
         ]
         text = report.text
+        low = lower_text(text) if sentences else text  # the regexes read lower-cased text; offsets are the same
         speculation_absent = self.speculation == "absent"
         for sentence in sentences:
-            hits = self._mentions(text, sentence.start, sentence.end)
+            hits = self._mentions(low, sentence.start, sentence.end)
             if not hits:
                 continue
-            cues = find_cues(text, sentence.start, sentence.end)
-            ctx = Context(text, sentence.start, sentence.end, cues, [(s, e) for s, e, _, _ in hits])
+            cues = find_cues(low, sentence.start, sentence.end)
+            ctx = Context(low, sentence.start, sentence.end, cues, [(s, e) for s, e, _, _ in hits])
             for start, end, entries, clausal in hits:
                 value, cue = resolve(ctx, start, end, clausal)
                 if value == UNC and speculation_absent and cue is not None and cue.speculative:
@@ -242,21 +248,17 @@ class ReportLabeler:
 
     def _mentions(self, text: str, start: int, end: int) -> list[tuple[int, int, list[_Entry], bool]]:
         hits = []
-        entries_of, clausal = self._entries, self._clausal
+        groups = self._groups
         for m in self._regex.finditer(text, start, end):
-            group = m.lastgroup
-            entries = entries_of[group]
-            excluded = {e.finding for e in entries if e.kind == "exclusions"}
-            kept = [e for e in entries if e.kind != "exclusions" and e.finding not in excluded]
+            kept, excluded, clausal = groups[m.lastgroup]
             if kept:
-                hits.append((m.start(), m.end(), kept, group in clausal))
+                hits.append((m.start(), m.end(), kept, clausal))
             if excluded and self._mention_regex is not None:  # mentions of other findings inside an exclusion
                 for inner in self._mention_regex.finditer(text, m.start(), m.end()):
-                    keep = [
-                        e for e in entries_of[inner.lastgroup] if e.kind != "exclusions" and e.finding not in excluded
-                    ]
+                    entries, _, inner_clausal = groups[inner.lastgroup]
+                    keep = [e for e in entries if e.finding not in excluded]
                     if keep and (inner.start(), inner.end()) != (m.start(), m.end()):
-                        hits.append((inner.start(), inner.end(), keep, inner.lastgroup in clausal))
+                        hits.append((inner.start(), inner.end(), keep, inner_clausal))
         return hits
 
 

@@ -1,37 +1,30 @@
-"""Phrase matching and the context of a mention: negation, uncertainty and their scope.
+"""The context of a mention: negation, uncertainty and their scope.
 
 The rules follow the NegEx family (Chapman et al. 2001; its pseudo-negations and scope terminators) and the
 CheXpert labeler's idea of uncertainty as its own class, written here from scratch in plain regular expressions.
 
-- :func:`compile_phrases` turns many phrases into one regular expression (a trie of words, so a sentence is read in
-  one pass). A phrase is a list of words matched case-insensitively on word boundaries; spaces also match a hyphen
-  ("air space" matches "air-space"), a hyphen inside a word may also be a space or nothing, the last word may take a
-  plural "s"/"es", and the word ``...`` stands for a gap of up to four words inside one clause ("heart ... enlarged"
-  matches "heart size is mildly enlarged").
 - :data:`CUES` lists the context words. A cue is a negation (``neg``) or uncertainty (``unc``) trigger with a scope
   before (``pre``: "no", "possible") or after (``post``: "has resolved", "cannot be excluded") the mention, a
   pseudo-trigger (``pseudo``: "no change in", "not only"; the mention stays positive), a clause end (``stop``:
   "but", "however", ";", "there is", positive predicates such as "is seen"), a copula (``copula``: "is", "are",
   which ends the forward scope of a pre-trigger only) or an alternative (``alt``: "or", "versus", which makes
-  the two mentions around it uncertain).
+  the two mentions around it uncertain). All cues are read in one pass (:func:`find_cues`).
 - :func:`resolve` decides the value of one mention from the cues of its sentence: the nearest trigger in scope
   wins; a scope runs through lists ("no effusion, pneumothorax or edema") and ends at a clause end, at a trigger
-  with the other direction, and (for subject-predicate mentions such as "heart ... enlarged") at a comma.
-  A negated uncertainty ("no findings to suggest pneumonia") is a negation; double negations that mean
-  uncertainty ("cannot exclude", "not ruled out") are cues of their own.
+  with the other direction, 250 characters away, and (for subject-predicate mentions such as "heart ...
+  enlarged") at a comma. A negated uncertainty ("no findings to suggest pneumonia") is a negation; double
+  negations that mean uncertainty ("cannot exclude", "not ruled out") are cues of their own.
+- Uncertainty cues are speculative ("may represent", "possible", "suggestive of") unless listed in :data:`HEDGES`
+  ("probable", "likely", "borderline"), which qualify a finding the report names.
 """
 
 from __future__ import annotations
 
 import re
 from bisect import bisect_left
-from dataclasses import dataclass
+from typing import NamedTuple
 
-GAP = "..."
-_SEP = r"(?:\s*-\s*|\s+)"
-_GAP_STOP = r"(?:and|but|or|nor|versus|vs|with|without|however|although|though|which|while|whereas)\b"
-_GAP_RE = rf"(?:\s+(?!{_GAP_STOP})[^\s.,;:!?()\[\]]+){{0,4}}?\s+"
-_PLURAL = r"(?:e?s)?"
+from mmrad.data.phrases import compile_phrases, phrase_tokens
 
 POS, NEG, UNC = 1.0, 0.0, -1.0
 MAX_SCOPE = 250  # characters between a trigger and a mention beyond which the trigger never applies
@@ -190,8 +183,7 @@ HEDGES = frozenset(
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Cue:
+class Cue(NamedTuple):  # a tuple: built for every cue of every sentence, so it must be cheap
     start: int
     end: int
     effect: str  # neg | unc | pseudo | stop | copula | alt
@@ -200,73 +192,6 @@ class Cue:
     dependent: bool = False  # an uncertainty cue that a negation of the phrase before it negates (DEPENDENT)
     wide: bool = False  # an uncertainty cue whose scope is the rest of the sentence (WIDE)
     speculative: bool = False  # an uncertainty cue that proposes an interpretation (not in HEDGES)
-
-
-def phrase_tokens(phrase: str) -> tuple[str, ...]:
-    """The words of a phrase (lower case); ``...`` is a gap."""
-    return tuple(phrase.lower().split())
-
-
-def compile_phrases(phrases: dict[tuple[str, ...], str], plural: bool = True) -> re.Pattern:
-    """One case-insensitive regex matching any of ``phrases`` (words -> group name), longest first.
-
-    The words form a trie, and the words that share a position form a trie of characters, so that the regex engine
-    rejects a position after a character or two instead of trying every phrase in turn. A match's ``lastgroup`` is
-    the group name of the phrase that matched (an empty group placed at its end).
-    """
-    trie: dict = {}
-    for words, group in phrases.items():
-        if not words or words[0] == GAP or words[-1] == GAP:
-            raise ValueError(f"a phrase cannot be empty or start or end with {GAP!r}: {' '.join(words)!r}")
-        node = trie
-        for w in words:
-            node = node.setdefault(w, {})
-        node[None] = group
-    first = [(w, _continuation(trie[w], w, plural)) for w in trie if w is not None]
-    parts = []
-    wordy = [item for item in first if item[0][0].isalnum()]
-    if wordy:
-        parts.append(r"\b" + _chars(wordy))
-    if len(wordy) < len(first):
-        parts.append(_chars([item for item in first if not item[0][0].isalnum()]))
-    return re.compile("|".join(parts), re.IGNORECASE)
-
-
-def _continuation(node: dict, word: str, plural: bool) -> str:
-    options = []
-    children = [(w, _continuation(node[w], w, plural)) for w in node if w not in (None, GAP)]
-    if children:
-        options.append(_SEP + _chars(children))
-    if GAP in node:
-        gap = node[GAP]
-        options.append(_GAP_RE + _chars([(w, _continuation(gap[w], w, plural)) for w in gap if w is not None]))
-    if None in node:
-        tail = _PLURAL if plural and word[-1].isalpha() else ""
-        if word[-1].isalnum():
-            tail += r"\b"
-        options.append(f"{tail}(?P<{node[None]}>)")
-    return options[0] if len(options) == 1 else "(?:" + "|".join(options) + ")"
-
-
-def _chars(items: list[tuple[str, str]]) -> str:
-    """A regex for words followed by their own continuation regexes, as a trie of characters."""
-    trie: dict = {}
-    for word, tail in items:
-        node = trie
-        for ch in word:
-            node = node.setdefault(ch, {})
-        node[None] = tail
-    return _emit(trie)
-
-
-def _emit(node: dict) -> str:
-    options = []
-    for ch in sorted(k for k in node if k is not None):
-        head = r"[\s-]?" if ch == "-" else re.escape(ch)
-        options.append(head + _emit(node[ch]))
-    if None in node:  # a word that ends here; after the longer words that continue it
-        options.append(node[None])
-    return options[0] if len(options) == 1 else "(?:" + "|".join(options) + ")"
 
 
 def _build_cue_regex() -> tuple[re.Pattern, dict[str, tuple]]:
@@ -293,7 +218,7 @@ _CUE_RE, _CUE_TABLE = _build_cue_regex()
 
 
 def find_cues(text: str, start: int, end: int) -> list[Cue]:
-    """The cues in ``text[start:end]``, in order, with offsets into ``text``."""
+    """The cues in ``text[start:end]``, in order, with offsets into ``text`` (lower-cased, see ``lower_text``)."""
     table = _CUE_TABLE
     out: list[Cue] = []
     for m in _CUE_RE.finditer(text, start, end):
@@ -311,7 +236,7 @@ def find_cues(text: str, start: int, end: int) -> list[Cue]:
     return out
 
 
-_COMPLEMENTIZER = re.compile(r"\b(?:whether|if|that)$", re.IGNORECASE)
+_COMPLEMENTIZER = re.compile(r"\b(?:whether|if|that)$")
 
 
 def _governs_clause(text: str, cue: Cue, next_start: int) -> bool:
@@ -336,9 +261,12 @@ class Context:
         self.cue_starts = [c.start for c in cues]
         self.mention_starts = sorted(s for s, _ in mentions)
         self.wide = [k for k, c in enumerate(cues) if c.wide]
-        self.commas = [m.start() for m in _COMMA_RE.finditer(text, start, end)]
+        self.span = (start, end)
+        self.commas: list[int] | None = None  # found when first needed
 
     def comma_between(self, a: int, b: int) -> bool:
+        if self.commas is None:
+            self.commas = [m.start() for m in _COMMA_RE.finditer(self.text, *self.span)]
         k = bisect_left(self.commas, a)
         return k < len(self.commas) and self.commas[k] < b
 

@@ -40,17 +40,33 @@ _HEADERS = {
               "dictated by", "communication"],
 }  # fmt: skip
 _HEADER_NAME = {h: name for name, heads in _HEADERS.items() for h in heads}
-_HEADER_ALT = "|".join(r"\s+".join(map(re.escape, h.split())) for h in sorted(_HEADER_NAME, key=len, reverse=True))
-# A header with ':' or '-' at the start of a line (or of the text, or after a sentence end); or a header alone on
-# its line. Group "name" is the header text; the match ends where the section content starts.
-_HEADER_RE = re.compile(
-    rf"""(?:
-        (?:^|(?<=\n)|(?<=[.!?]\ )|(?<=[.!?]\ \ ))[ \t]{{0,8}}(?=[^\W\d_])(?P<name>{_HEADER_ALT})
-        [ \t]{{0,8}}(?::|[ \t]-+(?=[ \t])|-+(?=[ \t]))
-      | (?:^|(?<=\n))[ \t]{{0,8}}(?=[^\W\d_])(?P<alone>{_HEADER_ALT})[ \t]{{0,8}}:?[ \t]*(?=\r?\n|$)
-    )""",
-    re.IGNORECASE | re.VERBOSE,
-)
+
+
+def _trie_regex(phrases: list[str]) -> str:
+    """One regex for many phrases (spaces or tabs between words), as a trie of characters: fast to reject."""
+    trie: dict = {}
+    for phrase in phrases:
+        node = trie
+        for ch in " ".join(phrase.split()):
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def emit(node: dict) -> str:
+        options = [
+            (r"[ \t]+" if ch == " " else re.escape(ch)) + emit(child) for ch, child in sorted(node.items()) if ch
+        ]
+        if "" in node:
+            options.append("")
+        return options[0] if len(options) == 1 else "(?:" + "|".join(options) + ")"
+
+    return emit(trie)
+
+
+# a known header word at a word start; _section_spans checks what comes before (line start or sentence end) and
+# after (':' or '-', or the end of the line)
+_HEADER_WORD_RE = re.compile(rf"\b{_trie_regex(list(_HEADER_NAME))}\b")  # runs on lower-cased text
+_HEADER_MARK_RE = re.compile(r"[ \t]{0,8}(?::|[ \t]-+(?=[ \t])|-+(?=[ \t]))")
+_HEADER_ALONE_RE = re.compile(r"[ \t]{0,8}:?[ \t]*(?=\r?\n|$)")
 
 # words that never end a sentence when followed by '.' (unless the text ends there)
 _ABBREVIATIONS = frozenset((
@@ -63,13 +79,13 @@ _ABBREV_AMBIGUOUS = frozenset((
 ))  # fmt: skip
 
 # sentence ends: '.', '!', '?' (runs of them, optional closing quotes/brackets) before whitespace or the end
-_END_RE = re.compile(r"(?<=\S)[.!?]+['\")\]]*(?=\s|$)|(?<=[a-z]{2})[.!?](?=[A-Z][a-z])")
+_END_RE = re.compile(r"[.!?]+['\")\]]*(?=\s|$)|[.!?](?=[A-Z][a-z])")  # _sentence_spans checks what precedes
 _WORD_BEFORE_RE = re.compile(r"(?<![A-Za-z.])([A-Za-z][A-Za-z.]*)$")
 _BLANK_LINE_RE = re.compile(r"\n[ \t]*\r?\n\s*")
 # a list item at the start of a line: "1.", "2)", "-", "*", "•"
 _LINE_ITEM_RE = re.compile(r"\n[ \t]*(?:\d{1,2}[.)]|[-*•·])[ \t]+(?=\S)")
 # an inline numbered item: "... disease 2. Stable ..." (accepted when it continues a numbering)
-_INLINE_NUMBER_RE = re.compile(r"(?<!\S)(\d{1,2})[.)][ \t]+(?=[^\W\d_])")
+_INLINE_NUMBER_RE = re.compile(r"(\d{1,2})[.)][ \t]+(?=[^\W\d_])")  # after a space or at the start
 _LINE_BREAK_RE = re.compile(r"\n[ \t]*(?=[A-Z][a-z])")
 _CONTINUES_RE = re.compile(
     r"(?:[,\-/(&]|\b(?:and|or|of|the|a|an|with|without|to|in|on|at|for|by|is|are|was|were|be|no|not|from|than"
@@ -149,10 +165,17 @@ def parse_report(text: str | None) -> Report:
 
 def _section_spans(text: str) -> list[tuple[str, int, int]]:
     headers = []  # (header start, content start, name)
-    for m in _HEADER_RE.finditer(text):
-        head = m.group("name") or m.group("alone")
-        name = _HEADER_NAME[" ".join(head.lower().split())]
-        headers.append((m.start(), m.end(), name))
+    for m in _HEADER_WORD_RE.finditer(lower_text(text)):
+        start = k = m.start()
+        while k > 0 and text[k - 1] in " \t" and start - k < 8:
+            k -= 1
+        line_start = k == 0 or text[k - 1] in "\r\n"
+        after_sentence = not line_start and text[k - 1] in ".!?" and 1 <= start - k <= 2
+        mark = _HEADER_MARK_RE.match(text, m.end()) if line_start or after_sentence else None
+        if mark is None and line_start:
+            mark = _HEADER_ALONE_RE.match(text, m.end())
+        if mark is not None:
+            headers.append((start, mark.end(), _HEADER_NAME[" ".join(m.group().lower().split())]))
     if not headers:
         return [("FINDINGS", 0, len(text))]
     spans = []
@@ -163,6 +186,15 @@ def _section_spans(text: str) -> list[tuple[str, int, int]]:
         end = headers[i + 1][0] if i + 1 < len(headers) else len(text)
         spans.append((name, content, end))
     return spans
+
+
+def lower_text(text: str) -> str:
+    """``text.lower()`` with the same length, so that offsets stay valid (a character whose lower case is longer,
+    such as "İ", is kept as it is)."""
+    low = text.lower()
+    if len(low) == len(text):
+        return low
+    return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
 def _strip(text: str, start: int, end: int) -> tuple[int, int]:
@@ -180,15 +212,28 @@ def _sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
     markers = set()  # end offsets (in chunk) of numbered-list markers such as "2." (not sentence ends)
     previous = 0
     for m in _INLINE_NUMBER_RE.finditer(chunk):
+        k = m.start()
+        if k > 0 and not chunk[k - 1].isspace():
+            continue
+        while k > 0 and chunk[k - 1] in " \t":
+            k -= 1
         number = int(m.group(1))
-        before = chunk[: m.start()].rstrip()
-        if not before or before[-1] in ".!?:;\n" or chunk[m.start() - 1] == "\n" or number == previous + 1 > 1:
+        if k == 0 or chunk[k - 1] in ".!?:;\r\n" or number == previous + 1 > 1:
             cuts.add(start + m.start())
             markers.add(m.start() + len(m.group(1)) + 1)
             previous = number
     for m in _END_RE.finditer(chunk):
-        if m.end() not in markers and not _is_abbreviation(chunk, m.start(), m.end()):
-            cuts.add(start + m.end())
+        k, e = m.start(), m.end()
+        if k == 0 or chunk[k - 1].isspace():
+            continue  # "? pneumonia", " . "
+        if (
+            e < len(chunk)
+            and not chunk[e].isspace()
+            and not (k >= 2 and chunk[k - 2 : k].isalpha() and chunk[k - 2 : k].islower())
+        ):
+            continue  # "clear.Heart" ends a sentence, "U.S" does not
+        if e not in markers and not _is_abbreviation(chunk, k, e):
+            cuts.add(start + e)
     for regex in (_BLANK_LINE_RE, _LINE_ITEM_RE):
         for m in regex.finditer(chunk):
             cuts.add(start + m.start())

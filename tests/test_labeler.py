@@ -273,6 +273,9 @@ def test_label_many_in_order_and_with_workers(nih):
         ("Probable small effusion.", "Effusion", -1, -1),  # a hedge on a named finding
         ("Bibasilar opacities, likely atelectasis.", "Atelectasis", -1, -1),
         ("Borderline cardiomegaly.", "Cardiomegaly", -1, -1),
+        ("Opacities most suggestive of pulmonary edema.", "Edema", -1, -1),
+        ("Minimal fibrosis at the apex, may be due to radiation.", "Fibrosis", 1, 1),  # a speculated cause
+        ("Opacity may be due to atelectasis.", "Atelectasis", -1, 0),
         ("Atelectasis versus scarring.", "Atelectasis", -1, -1),  # alternatives
         ("Left base atelectasis or infiltrate.", "Infiltration", -1, -1),
         ("No opacity to suggest pneumonia.", "Pneumonia", 0, 0),

@@ -74,7 +74,11 @@ CUES: dict[str, dict[str, list[str]]] = {
             "uncertain whether", "uncertain if", "question whether", "question if", "presumed", "presumably",
             "presumptive", "perhaps", "apparent", "vague", "may", "might", "could", "either",
             "raises the possibility of", "correlate for", "correlate clinically for", "clinical correlation for",
-            "maybe",
+            "maybe", "most suggestive of", "strongly suggestive of", "highly suggestive of", "favor", "favoring",
+            "favored", "may be due to", "may be secondary to", "may be related to", "could be due to",
+            "could be secondary to", "could be related to", "might be due to", "possibly due to",
+            "possibly related to", "possibly secondary to", "likely due to", "likely related to",
+            "likely secondary to", "probably due to", "probably related to",
         ],
         "post": [
             "cannot be excluded", "can not be excluded", "can't be excluded", "not excluded", "not ruled out",
@@ -178,7 +182,9 @@ HEDGES = frozenset(
         "probable", "probably", "likely", "most likely", "more likely", "less likely", "likely represents",
         "likely reflects", "is likely", "are likely", "is probable", "borderline", "questionable", "is questionable",
         "question", "question of", "questioned", "is questioned", "?", "presumed", "presumably", "presumptive",
-        "apparent", "vague", "equivocal", "indeterminate", "either",
+        "apparent", "vague", "equivocal", "indeterminate", "either", "most suggestive of", "strongly suggestive of",
+        "highly suggestive of", "favor", "favoring", "favored", "likely due to", "likely related to",
+        "likely secondary to", "probably due to", "probably related to",
     )
 )  # fmt: skip
 

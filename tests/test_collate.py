@@ -154,7 +154,8 @@ def test_works_in_a_dataloader_over_a_corpus(tmp_path, tokenizer):
     splits, info = load_corpus(tmp_path / "c")
     collate = MMRadCollator(tokenizer, _pre(32), PHANTOM_FINDINGS, corpus_label_names=info.label_names, train=True,
                             return_masks=True)  # fmt: skip
-    batches = list(DataLoader(splits["train"], batch_size=5, collate_fn=collate))
+    assert collate.columns == ["image", "findings", "impression", "report", "labels", "masks"]
+    batches = list(DataLoader(splits["train"].select_columns(collate.columns), batch_size=5, collate_fn=collate))
     assert [b["pixel_values"].shape[0] for b in batches] == [5, 5, 2]
     labels = torch.cat([b["labels"] for b in batches])
     assert torch.equal(labels, torch.as_tensor(phantom.labels()[:, 1:]))  # image truth, in the model's order

@@ -6,7 +6,8 @@ Use it as a DataLoader's ``collate_fn`` over a corpus split (``datasets`` decode
     splits, info = load_corpus("corpus/")
     collate = MMRadCollator(tokenizer, cfg.model.preprocess, label_names, corpus_label_names=info.label_names,
                             train=True)
-    loader = DataLoader(splits["train"], batch_size=32, shuffle=True, collate_fn=collate, num_workers=2)
+    train = splits["train"].select_columns(collate.columns)  # decode only what the collator reads
+    loader = DataLoader(train, batch_size=32, shuffle=True, collate_fn=collate, num_workers=2)
 """
 
 from __future__ import annotations
@@ -88,6 +89,16 @@ class MMRadCollator:
         self.augment = augment or AugmentConfig()
         self.generator = generator
 
+    @property
+    def columns(self) -> list[str]:
+        """The corpus columns this collator reads: ``split.select_columns(collate.columns)`` keeps the loader from
+        decoding the others (mask PNGs, for one)."""
+        text = ["findings", "impression", "report"] if self.text_field == "findings_impression" else [self.text_field]
+        if "report" not in text:
+            text.append("report")  # the fallback for an empty section
+        extra = ["boxes"] * self.return_boxes + ["masks"] * self.return_masks
+        return ["image", *text, "labels", *extra]
+
     def text(self, row: dict) -> str:
         """The text of a row that the collator tokenises."""
         if self.text_field == "findings_impression":
@@ -121,23 +132,19 @@ class MMRadCollator:
         seed = row.get("_augment_seed")
         return self.generator if seed is None else torch.Generator().manual_seed(int(seed))
 
-    def _image(self, row: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    def _image(self, row: dict, generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(1 or C, S, S) float32 in [0, 1] (grey stays one channel until normalisation) and the fit matrix."""
         arr = to_float_array(row["image"])  # (H, W) or (H, W, 3)
-        channels = self.preprocess.channels
-        if arr.ndim == 3 and channels != 3:
+        if arr.ndim == 3 and self.preprocess.channels != 3:
             arr = arr.mean(axis=-1)
         if self.train:  # before the fit, so that padding stays black
             arr = intensity_jitter(arr, self.augment, generator)
-        out, matrix = fit_to_square(arr, self.preprocess.image_size, self.preprocess.resize)
-        t = torch.from_numpy(out)
-        if t.shape[0] != channels:  # grey repeated to the tower's channels
-            t = t.expand(channels, -1, -1)
-        return t, matrix
+        return fit_to_square(arr, self.preprocess.image_size, self.preprocess.resize)
 
-    def _masks(self, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _masks(self, row: dict) -> tuple[np.ndarray, np.ndarray]:
         size = self.preprocess.image_size
-        out = torch.zeros((len(self.label_names), size, size))
-        valid = torch.zeros(len(self.label_names), dtype=torch.bool)
+        out = np.zeros((len(self.label_names), size, size), dtype=np.float32)
+        valid = np.zeros(len(self.label_names), dtype=bool)
         for item in row.get("masks") or []:
             if item["label"] not in self.label_names:
                 continue
@@ -146,7 +153,7 @@ class MMRadCollator:
             mask = mask if mask.ndim == 2 else mask.mean(-1)
             # the same fit as the image, thresholded so that the mask stays binary
             fitted, _ = fit_to_square(mask, size, self.preprocess.resize)
-            out[k] = torch.maximum(out[k], torch.from_numpy(fitted[0] >= 0.5).float())
+            out[k] = np.maximum(out[k], fitted[0] >= 0.5)
             valid[k] = True
         return out, valid
 
@@ -161,22 +168,25 @@ class MMRadCollator:
                 m, v = self._masks(row)
                 masks.append(m)
                 valid.append(v)
-        pixels = torch.stack(images)  # (B, C, S, S) in [0, 1]
+        # numpy for the per-batch copies: torch's intra-op threads make small copies slow on busy CPUs
+        if len({im.shape[0] for im in images}) > 1:  # grey and colour mixed: repeat the grey ones
+            images = [np.broadcast_to(im, (self.preprocess.channels, *im.shape[1:])) for im in images]
+        pixels = np.stack(images)  # (B, 1 or C, S, S) in [0, 1]
         size = self.preprocess.image_size
         # boxes are clipped to the fitted image before any augmentation moves them
         boxes = [transform_boxes(r.get("boxes") or [], m, size) for r, m in zip(rows, matrices, strict=True)]
         if self.train:
-            augment = [random_affine(size, self.augment, g) for g in generators]
-            pixels = warp(pixels, np.stack(augment))
+            augment = np.stack([random_affine(size, self.augment, g) for g in generators])
+            pixels = warp(torch.from_numpy(pixels), augment).numpy()
             boxes = [transform_boxes(b, a, size) for b, a in zip(boxes, augment, strict=True)]
             if self.return_masks:
-                masks = list(warp(torch.stack(masks), np.stack(augment), mode="nearest"))
-        batch = {"pixel_values": normalize(pixels, self.preprocess.mean, self.preprocess.std)}
+                masks = list(warp(torch.from_numpy(np.stack(masks)), augment, mode="nearest").numpy())
+        batch = {"pixel_values": torch.from_numpy(normalize(pixels, self.preprocess.mean, self.preprocess.std))}
         batch.update(self._tokenize([self.text(r) for r in rows]))
         batch["labels"] = self._labels(rows)
         if self.return_boxes:
             batch["boxes"] = boxes
         if self.return_masks:
-            batch["masks"] = torch.stack(masks)
-            batch["mask_valid"] = torch.stack(valid)
+            batch["masks"] = torch.from_numpy(np.stack(masks))
+            batch["mask_valid"] = torch.from_numpy(np.stack(valid))
         return batch

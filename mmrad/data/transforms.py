@@ -129,8 +129,8 @@ def transform_boxes(boxes: list[dict], matrix: np.ndarray, size: int) -> list[di
     return out
 
 
-def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    """(B, C, H, W) in [0, 1] -> (x - mean) / std per channel."""
-    m = torch.as_tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
-    return (images - m) / s
+def normalize(images: np.ndarray, mean: list[float], std: list[float]) -> np.ndarray:
+    """(B, C or 1, H, W) in [0, 1] -> (B, C, H, W) ``(x - mean) / std`` per channel; one grey channel is repeated."""
+    m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return np.ascontiguousarray((images.astype(np.float32, copy=False) - m) / s)

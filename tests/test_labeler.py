@@ -260,6 +260,12 @@ def test_label_many_in_order_and_with_workers(nih):
     for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a.as_array(), b.as_array())
         assert a.evidence == b.evidence
+    for bare in (
+        nih.label_many(texts, evidence=False),
+        nih.label_many(texts, num_workers=2, evidence=False, chunksize=8),
+    ):
+        np.testing.assert_array_equal([r.as_array() for r in bare], [r.as_array() for r in one])
+        assert all(evs == [] for r in bare for evs in r.evidence.values())
 
 
 @pytest.mark.parametrize(

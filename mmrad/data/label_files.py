@@ -78,7 +78,7 @@ def label_file(
     t0 = time.perf_counter()
     ids, texts = _read(path, text_columns, id_column)
     logger.info("labeling %d reports from %s with the %s vocabulary", len(texts), path, labeler.vocabulary.name)
-    results = labeler.label_many(texts, num_workers=num_workers, progress=progress)
+    results = labeler.label_many(texts, num_workers=num_workers, progress=progress, evidence=evidence)
     names = labeler.label_names
     counts = {name: {"1": 0, "0": 0, "-1": 0, "": 0} for name in names}
     out.parent.mkdir(parents=True, exist_ok=True)

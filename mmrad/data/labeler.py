@@ -198,15 +198,31 @@ class ReportLabeler:
         return LabelResult(dict(zip(names, best, strict=True)), dict(zip(names, evidence, strict=True)))
 
     def label_many(
-        self, texts: Iterable[str | None], *, num_workers: int = 1, progress: bool = False, chunksize: int = 256
+        self,
+        texts: Iterable[str | None],
+        *,
+        num_workers: int = 1,
+        progress: bool = False,
+        chunksize: int = 256,
+        evidence: bool = True,
     ) -> list[LabelResult]:
-        """Label many reports, in order; ``num_workers > 1`` uses that many processes, ``chunksize`` reports a task."""
+        """Label many reports, in order.
+
+        Args:
+            texts: the reports (None or "" give all NaN).
+            num_workers: processes labeling in parallel (``chunksize`` reports a task); 1 labels in this process.
+            progress: show a progress bar (tqdm, on stderr).
+            evidence: keep the evidence; ``False`` returns empty evidence lists, which makes workers cheaper.
+        """
         texts = list(texts)
         bar = _progress_bar(len(texts), progress)
         if num_workers <= 1 or len(texts) < 2 * chunksize:
             results = []
             for text in texts:
-                results.append(self.label(text))
+                result = self.label(text)
+                if not evidence:
+                    result.evidence = {name: [] for name in self.label_names}
+                results.append(result)
                 if bar is not None:
                     bar.update(1)
         else:
@@ -226,7 +242,7 @@ class ReportLabeler:
             results = []
             try:
                 with ctx.Pool(num_workers, initializer=init, initargs=initargs) as pool:
-                    for packed in pool.imap(_label_chunk, chunks):
+                    for packed in pool.imap(_label_chunk if evidence else _label_chunk_no_evidence, chunks):
                         results.extend(self._unpack(p) for p in packed)
                         if bar is not None:
                             bar.update(len(packed))
@@ -308,3 +324,8 @@ def _label_chunk(texts: list[str | None]) -> list[tuple[list[float], list[tuple]
         ]
         out.append((list(result.labels.values()), evidence))
     return out
+
+
+def _label_chunk_no_evidence(texts: list[str | None]) -> list[tuple[list[float], list[tuple]]]:
+    assert _WORKER is not None
+    return [(list(_WORKER.label(text).labels.values()), []) for text in texts]

@@ -254,10 +254,10 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocabulary", default="chexpert", help="chexpert (default), nih14 or a vocabulary FILE.yaml")
     p.add_argument(
         "--speculation",
-        default="uncertain",
+        default=None,
         choices=["uncertain", "absent"],
         help="findings only proposed as an interpretation ('may represent pneumonia', 'possible effusion'): "
-        "-1 (uncertain, default) or 0 (absent)",
+        "-1 (uncertain) or 0 (absent); default: the vocabulary's convention (chexpert: uncertain, nih14: absent)",
     )
     p.add_argument("--evidence", action="store_true", help="add an 'evidence' column (JSON: mentions, cues, spans)")
     p.add_argument("--num-workers", type=int, default=1, help="processes labeling in parallel (default 1)")
@@ -285,6 +285,35 @@ def _run_label(args: argparse.Namespace) -> int:
     for name in summary.label_names:
         c = summary.counts[name]
         print(f"  {name:<28} {c['1']:>7} {c['0']:>7} {c['-1']:>7} {c['']:>7}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# demo
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@command("demo")
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="phantom corpus -> ingest -> contrastive pre-training -> LoRA fine-tuning -> evaluation, on the CPU",
+    )
+    p.add_argument("--out", default="demo_out", metavar="DIR", help="output folder, replaced (default demo_out)")
+    p.add_argument("--quick", action="store_true", help="a smaller run (about a minute) for smoke tests")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from mmrad.demo import run_demo
+
+    result = run_demo(args.out, quick=args.quick)
+    print()
+    print(_metrics_table(result.metrics))
+    total = sum(result.seconds.values())
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    print(f"\ndemo finished in {total:.0f} s ({steps})")
+    print(f"model: {result.model_dir}  metrics: {result.out_dir / 'metrics.json'}")
     return 0
 
 

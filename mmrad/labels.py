@@ -51,6 +51,7 @@ class Finding:
 class Vocabulary:
     name: str
     findings: dict[str, Finding]
+    speculation: str = "uncertain"  # the convention for "may represent X": -1 ("uncertain") or 0 ("absent")
 
     @property
     def names(self) -> list[str]:
@@ -96,7 +97,10 @@ def _load_vocabulary_file(path: str, mtime_ns: int) -> Vocabulary:  # the mtime 
             exclusions=list(spec.get("exclusions", [])),
             extra=extra,
         )
-    return Vocabulary(name=str(data.get("name") or Path(path).stem), findings=findings)
+    speculation = data.get("speculation", "uncertain")
+    if speculation not in ("uncertain", "absent"):
+        raise ConfigError(f"{path}: speculation must be 'uncertain' or 'absent', got {speculation!r}")
+    return Vocabulary(name=str(data.get("name") or Path(path).stem), findings=findings, speculation=speculation)
 
 
 def label_names(cfg: LabelsConfig) -> list[str]:

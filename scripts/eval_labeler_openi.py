@@ -112,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocabulary", default="nih14", choices=sorted(MAPPINGS))
     parser.add_argument(
         "--speculation",
-        default="uncertain",
+        default=None,
         choices=["uncertain", "absent"],
-        help="label of findings only proposed as an interpretation ('may represent X'); see ReportLabeler",
+        help="label of findings only proposed as an interpretation ('may represent X'); default: the vocabulary's "
+        "convention (nih14: absent, as the OpenI gold indexes them; chexpert: uncertain)",
     )
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--errors", metavar="COLUMN", help="print the reports where COLUMN disagrees with the gold")
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     mapping = MAPPINGS[args.vocabulary]
     scores = evaluate(labels, labeler.label_names, gold, mapping)
     print(
-        f"OpenI dev: {len(texts)} reports, vocabulary {args.vocabulary}, speculation {args.speculation}, "
+        f"OpenI dev: {len(texts)} reports, vocabulary {args.vocabulary}, speculation {labeler.speculation}, "
         f"labeled in {seconds:.2f} s"
     )
     for mode, res in scores.items():
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.errors:
         _print_errors(args.errors, texts, results, labels, labeler.label_names, gold, mapping)
     if args.out:
-        meta = {"vocabulary": args.vocabulary, "speculation": args.speculation, "reports": len(texts)}
+        meta = {"vocabulary": args.vocabulary, "speculation": labeler.speculation, "reports": len(texts)}
         args.out.write_text(json.dumps({**meta, **scores}, indent=2))
     return 0
 

@@ -13,7 +13,8 @@ N = float("nan")
 
 @pytest.fixture(scope="module")
 def nih():
-    return ReportLabeler("nih14")
+    # the sentence table states the CheXpert convention ("may represent X" is -1) on the NIH names
+    return ReportLabeler("nih14", speculation="uncertain")
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +173,7 @@ def test_sections_that_are_labeled(nih):
     # no FINDINGS/IMPRESSION: everything but indication, comparison and technique is read
     labels = nih.label("HISTORY: pneumonia\n\nPA and lateral.\nREPORT\nSmall effusion.").labels
     assert labels["Effusion"] == 1 and math.isnan(labels["Pneumonia"])
-    only = ReportLabeler("nih14", sections=["IMPRESSION"])
+    only = ReportLabeler("nih14", sections=["IMPRESSION"], speculation="uncertain")
     assert math.isnan(only.label("FINDINGS: Edema.\nIMPRESSION: Normal.").labels["Edema"])
 
 
@@ -289,12 +290,20 @@ def test_label_many_in_order_and_with_workers(nih):
     ],
 )
 def test_speculation_policy(text, finding, uncertain, absent):
-    assert ReportLabeler("nih14").label(text).labels[finding] == uncertain
+    assert ReportLabeler("nih14", speculation="uncertain").label(text).labels[finding] == uncertain
     result = ReportLabeler("nih14", speculation="absent").label(text)
     assert result.labels[finding] == absent
     assert all(e.value == absent for e in result.evidence[finding])
     with pytest.raises(ValueError, match="speculation"):
         ReportLabeler("nih14", speculation="maybe")
+
+
+def test_speculation_default_is_the_vocabularys_convention():
+    assert ReportLabeler("chexpert").speculation == "uncertain"  # CheXpert: "may represent pneumonia" is -1
+    assert ReportLabeler("nih14").speculation == "absent"  # the OpenI gold does not index it
+    assert ReportLabeler("chexpert").label("Opacity may represent pneumonia.").labels["Pneumonia"] == -1
+    assert ReportLabeler("nih14").label("Opacity may represent pneumonia.").labels["Pneumonia"] == 0
+    assert ReportLabeler("nih14", speculation="uncertain").label("Possible pneumonia.").labels["Pneumonia"] == -1
 
 
 def test_user_vocabulary(tmp_path):
@@ -326,8 +335,10 @@ def test_user_vocabulary(tmp_path):
         ReportLabeler(path)
 
 
-def test_openi_accuracy_floor(nih, shared_data):
-    """A regression floor on the real OpenI reports (the full measurement is scripts/eval_labeler_openi.py)."""
+def test_openi_accuracy_floor(shared_data):
+    """The issue's target on the real OpenI reports with nih14's own convention: micro-F1 >= 0.93 counting uncertain
+    as positive, >= 0.85 counting it as negative (the full measurement is scripts/eval_labeler_openi.py)."""
+    nih = ReportLabeler("nih14")
     folder = shared_data / "openi"
     with open(folder / "indiana_reports.csv", newline="", encoding="utf-8") as f:
         texts = {f"CXR{r['uid']}": f"{r['findings']}\n\n{r['impression']}" for r in csv.DictReader(f)}
@@ -336,7 +347,7 @@ def test_openi_accuracy_floor(nih, shared_data):
     names = NIH_14[:-1]  # Hernia has no positive in the gold
     pred = np.stack([r.as_array(names) for r in nih.label_many([texts[g["filename"]] for g in gold])])
     true = np.array([[int(g[n]) for n in names] for g in gold], dtype=bool)
-    for positive, floor in (((1, -1), 0.85), ((1,), 0.85)):
+    for positive, floor in (((1, -1), 0.93), ((1,), 0.85)):
         hit = np.isin(pred, positive)
         tp, fp, fn = (hit & true).sum(), (hit & ~true).sum(), (~hit & true).sum()
         assert 2 * tp / (2 * tp + fp + fn) >= floor

@@ -47,7 +47,7 @@ def label_file(
     text_columns: list[str],
     id_column: str | None = None,
     vocabulary: str | Path = "chexpert",
-    speculation: str = "uncertain",
+    speculation: str | None = None,
     evidence: bool = False,
     num_workers: int = 1,
     progress: bool = False,
@@ -60,7 +60,8 @@ def label_file(
         text_columns: the columns whose text makes the report, in order (e.g. ``["findings", "impression"]``).
         id_column: a column copied to the output to identify the rows; None writes the row number.
         vocabulary: ``"chexpert"``, ``"nih14"`` or a vocabulary YAML file.
-        speculation: ``"uncertain"`` or ``"absent"``; see :class:`~mmrad.data.labeler.ReportLabeler`.
+        speculation: ``"uncertain"``, ``"absent"`` or None (the vocabulary's convention); see
+            :class:`~mmrad.data.labeler.ReportLabeler`.
         evidence: also write an ``evidence`` column (JSON).
         num_workers: processes labeling in parallel.
         progress: show a progress bar on stderr.

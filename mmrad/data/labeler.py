@@ -84,20 +84,23 @@ class ReportLabeler:
             COMPARISON and TECHNIQUE is labeled.
         speculation: the label of a finding that is only proposed as an interpretation ("may represent
             pneumonia", "possible effusion", "suggestive of emphysema", "cannot exclude a pneumothorax"):
-            ``"uncertain"`` (-1, the CheXpert convention; default) or ``"absent"`` (0, the convention of the OpenI
-            gold labels, where such hedged findings are not indexed). Hedges that qualify a named finding
-            ("probable", "likely", "borderline") and alternatives ("atelectasis or scarring") stay -1 either way.
+            ``"uncertain"`` (-1, the CheXpert convention) or ``"absent"`` (0, the convention of the OpenI gold
+            labels, where such hedged findings are not indexed); None (default) takes the vocabulary's convention
+            (``speculation:`` in its YAML: ``uncertain`` for chexpert, ``absent`` for nih14). Hedges that qualify
+            a named finding ("probable", "likely", "borderline") and alternatives ("atelectasis or scarring") stay
+            -1 either way.
     """
 
     def __init__(
         self,
         vocabulary: str | Path | Vocabulary = "chexpert",
         sections: Iterable[str] = DEFAULT_SECTIONS,
-        speculation: str = "uncertain",
+        speculation: str | None = None,
     ):
+        self.vocabulary = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
+        speculation = speculation or self.vocabulary.speculation
         if speculation not in SPECULATION:
             raise ValueError(f"speculation must be one of {SPECULATION}, got {speculation!r}")
-        self.vocabulary = vocabulary if isinstance(vocabulary, Vocabulary) else load_vocabulary(vocabulary)
         self.sections = tuple(s.upper() for s in sections)
         self.speculation = speculation
         self.label_names: list[str] = self.vocabulary.names

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format clean
+.PHONY: install test lint format clean demo
 
 install: $(STAMP)
 
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q $(TORCH_PAIR)
 	$(BIN)/python -m pip install -q -e ".[dev]" $(TORCH_PAIR)
 	touch $(STAMP)
+
+demo: install
+	$(BIN)/mmrad demo --out demo_out
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -35,6 +35,8 @@ class FindingPrompts:
 class PromptBank:
     name: str
     findings: dict[str, FindingPrompts] = field(default_factory=dict)
+    # templates that wrap a free-text query which names none of the findings
+    templates: dict[str, list[str]] = field(default_factory=lambda: {"positive": ["{}"], "negative": ["no {}"]})
 
     @property
     def names(self) -> list[str]:
@@ -48,12 +50,16 @@ class PromptBank:
 
     def merged(self, other: PromptBank) -> PromptBank:
         """This bank with ``other``'s findings added or replacing ours."""
-        return PromptBank(f"{self.name}+{other.name}", {**self.findings, **other.findings})
+        return PromptBank(f"{self.name}+{other.name}", {**self.findings, **other.findings}, self.templates)
 
     def to_dict(self) -> dict:
         return {
             "name": self.name,
-            "findings": {k: {"positive": v.positive, "negative": v.negative} for k, v in self.findings.items()},
+            "templates": self.templates,
+            "findings": {
+                k: {"templates": False, "positive": v.positive, "negative": v.negative}
+                for k, v in self.findings.items()
+            },
         }
 
 
@@ -92,7 +98,7 @@ def prompt_bank_from_dict(data: dict, name: str = "prompts") -> PromptBank:
                 raise MMRadError(f"{where}: with templates: false, list the negative phrasings")
             positive, negative = phrases, extra_neg
         findings[str(finding)] = FindingPrompts(list(dict.fromkeys(positive)), list(dict.fromkeys(negative)))
-    return PromptBank(str(data.get("name") or name), findings)
+    return PromptBank(str(data.get("name") or name), findings, {"positive": pos_t, "negative": neg_t})
 
 
 def load_prompt_bank(name_or_path: str | Path = "chexpert") -> PromptBank:

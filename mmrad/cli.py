@@ -188,11 +188,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0 = none)")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold for F1 (default 0.5)")
+    p.add_argument("--zero-shot-prompts", metavar="BANK", help="add a zero_shot block scored with this prompt bank")
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from mmrad.training.evaluation import evaluate_corpus
+    from mmrad.evaluation import evaluate_corpus
 
     metrics = evaluate_corpus(
         args.model,
@@ -202,6 +203,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         n_bootstrap=args.bootstrap,
         threshold=args.threshold,
+        zero_shot_prompts=args.zero_shot_prompts,
     )
     print(_metrics_table(metrics))
     print(f"wrote {args.out}")
@@ -228,6 +230,19 @@ def _metrics_table(metrics: dict) -> str:
             + ", report->image: "
             + "/".join(f"{r[f'text_to_image_R@{k}']:.3f}" for k in (1, 5, 10))
         )
+    for method in ("attention", "cosine"):
+        g = metrics.get("grounding", {}).get(method)
+        if g:
+            lines.append(
+                f"grounding ({method} maps, {g['n']} present findings): pointing game {g['pointing_game']:.3f}, "
+                f"CNR {g['cnr']:.2f}, IoU@0.3 {g['iou@0.3']:.3f}"
+            )
+    zero_shot = metrics.get("zero_shot")
+    if zero_shot:
+        for scorer in ("fusion", "contrastive"):
+            z = zero_shot[scorer]
+            per = ", ".join(f"{n} {r['auroc']:.3f}" for n, r in z["per_class"].items())
+            lines.append(f"zero-shot {scorer} ({zero_shot['prompts']}): macro AUROC {z['macro_auroc']:.3f} ({per})")
     return "\n".join(lines)
 
 

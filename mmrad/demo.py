@@ -70,9 +70,11 @@ def demo_config(stage: str, corpus: Path, settings: DemoSettings, base: Path | N
 
 def run_demo(out_dir: str | Path, *, quick: bool = False, settings: DemoSettings | None = None) -> DemoResult:
     """Run the demo into ``out_dir`` (which is replaced) and return what it made."""
+    import yaml
+
     from mmrad.data.corpus import ingest
-    from mmrad.data.synthetic import make_phantom_corpus
-    from mmrad.training.evaluation import evaluate_corpus
+    from mmrad.data.synthetic import PHANTOM_ZERO_SHOT_PROMPTS, make_phantom_corpus
+    from mmrad.evaluation import evaluate_corpus
     from mmrad.training.loop import train
 
     settings = settings or (DemoSettings.quick() if quick else DemoSettings())
@@ -84,6 +86,8 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, settings: DemoSettings
 
     start = time.perf_counter()
     make_phantom_corpus(out / "phantom", n=settings.studies, image_size=settings.source_size, seed=settings.seed)
+    prompts = out / "phantom" / "zero_shot_prompts.yaml"  # the held-out phrasing family, never in the reports
+    prompts.write_text(yaml.safe_dump(PHANTOM_ZERO_SHOT_PROMPTS, sort_keys=False))
     image_size = load_config(DEMO_CONFIG).model.preprocess.image_size
     ingest(out / "phantom" / "manifest.csv", out / "corpus", image_size=image_size, seed=settings.seed)
     seconds["data"] = time.perf_counter() - start
@@ -99,6 +103,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, settings: DemoSettings
     seconds["finetune"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    metrics = evaluate_corpus(model_dir, out / "corpus", split="test", out=out / "metrics.json", n_bootstrap=1000)
+    metrics = evaluate_corpus(model_dir, out / "corpus", split="test", out=out / "metrics.json", n_bootstrap=1000,
+                              zero_shot_prompts=prompts)  # fmt: skip
     seconds["evaluate"] = time.perf_counter() - start
     return DemoResult(out, model_dir, metrics, seconds)

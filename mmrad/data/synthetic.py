@@ -164,7 +164,7 @@ def _anatomy(rng: np.random.Generator) -> dict:
         "heart_hh": rng.uniform(0.11, 0.13),
         "heart_cy": rng.uniform(0.6, 0.64),
         "body_hw": rng.uniform(0.42, 0.47),
-        "cardio_factor": rng.uniform(1.32, 1.5),  # heart width factor if this patient has cardiomegaly
+        "cardio_factor": rng.uniform(1.45, 1.65),  # heart width factor if this patient has cardiomegaly
     }
 
 
@@ -197,7 +197,7 @@ def _render(a: dict, findings: list[PhantomFinding], h: int, w: int, rng: np.ran
     vessels = _smooth_noise(rng, (h, w), max(0.8, 0.012 * h))
     lung_any = lungs["right"][0] | lungs["left"][0]
     hilum = np.exp(-np.minimum(np.hypot(x - a["cx"] + 0.12, y - 0.45), np.hypot(x - a["cx"] - 0.12, y - 0.45)) / 0.2)
-    lung_val = 0.17 + 0.035 * vessels * (0.5 + hilum) + 0.06 * hilum
+    lung_val = 0.2 + 0.035 * vessels * (0.5 + hilum) + 0.06 * hilum
     img = np.where(lung_any, lung_val, img)
     # ribs: bands curving down laterally, over the lungs and chest wall
     rib_phase = (y - a["top"] + 0.03 - 0.35 * (x - a["cx"]) ** 2) / 0.075
@@ -218,24 +218,40 @@ def _render(a: dict, findings: list[PhantomFinding], h: int, w: int, rng: np.ran
         cxv, cyv = lx + rng.uniform(-0.5, 0.5) * lw, ly + rng.uniform(-0.4, 0.4) * lh
         img += 0.12 * np.exp(-(((x - cxv) ** 2 + (y - cyv) ** 2) / (rng.uniform(0.01, 0.016) ** 2))) * m
 
+    # pleural fluid first, so that consolidation and nodules are placed where the fluid does not hide them
+    fluid_alpha = None
+    f = by_name.get("Pleural Effusion")
+    if f:
+        frac = {"small": 0.22, "moderate": 0.32, "large": 0.45}[f.size]
+        fluid_alpha = np.zeros((h, w), dtype=np.float32)
+        for side, sign in (("right", -1), ("left", 1)):
+            if f.side in (side, "bilateral"):
+                m, lx, ly, lw, lh = lungs[side]
+                lateral = np.clip(sign * (x - lx) / lw, 0, 1)
+                level = a["bottom"] - frac * 2 * lh - 0.07 * lateral  # the meniscus rises laterally
+                fluid_alpha += expit((y - level) / (1.2 * px)) * lung_open[side]
+    free = {k: v & (fluid_alpha < 0.05) for k, v in lung_open.items()} if fluid_alpha is not None else lung_open
+
     f = by_name.get("Consolidation")
     if f:
         side = f.side
         m, lx, ly, lw, lh = lungs[side]
         zone = {"upper": y < ly - 0.05 * lh, "middle": (y > ly - 0.1 * lh) & (y < ly + 0.45 * lh),
-                "lower": y > ly + 0.15 * lh}[f.location.split()[0]] & lung_open[side]  # fmt: skip
+                "lower": y > ly + 0.15 * lh}[f.location.split()[0]] & free[side]  # fmt: skip
         if "middle" in f.location:
             zone &= np.abs(x - lx) < 0.6 * lw
+        if zone.sum() < 0.01 * h * w:  # a lower lobe mostly under fluid: its part above the fluid
+            zone = free[side] & (y > ly - 0.3 * lh)
         ys, xs = np.nonzero(zone)
         i = int(rng.integers(len(ys)))
         cy, cx = (ys[i] + 0.5) / h, (xs[i] + 0.5 - w / 2) / h + 0.5
-        blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * 0.09**2)) + 0.3 * _smooth_noise(rng, (h, w), 0.03 * h)
-        region = zone & (blob > 0.55)
+        blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * 0.12**2)) + 0.3 * _smooth_noise(rng, (h, w), 0.03 * h)
+        region = zone & (blob > 0.5)
         if region.sum() < 0.004 * h * w:  # a tiny zone: take the zone itself
             region = zone
         soft = gaussian_filter(region.astype(np.float32), max(0.6, 0.008 * h))
         bronchi = np.abs(_smooth_noise(rng, (h, w), max(0.6, 0.01 * h))) < 0.12
-        img += soft * (0.3 - 0.1 * bronchi)
+        img += soft * (0.42 - 0.12 * bronchi)
         masks["Consolidation"] = region
 
     f = by_name.get("Lung Lesion")
@@ -250,8 +266,8 @@ def _render(a: dict, findings: list[PhantomFinding], h: int, w: int, rng: np.ran
             if (
                 0 <= iy < h
                 and 0 <= ix < w
-                and lung_open[side][iy, ix]
-                and lung_open[side][
+                and free[side][iy, ix]
+                and free[side][
                     max(0, iy - int(r * h)) : iy + int(r * h) + 1, max(0, ix - int(r * h)) : ix + int(r * h) + 1
                 ].mean()
                 > 0.9
@@ -260,36 +276,25 @@ def _render(a: dict, findings: list[PhantomFinding], h: int, w: int, rng: np.ran
         theta = np.arctan2(y - cy, x - cx)
         radius = r * (1 + 0.12 * np.sin(3 * theta + rng.uniform(0, 6.28)) + 0.06 * np.sin(5 * theta))
         d = np.hypot(x - cx, y - cy) / radius
-        img += 0.36 * np.exp(-(d**4))
+        img += 0.5 * np.exp(-(d**4))
         masks["Lung Lesion"] = d < 1.0
 
-    f = by_name.get("Pleural Effusion")
-    if f:
-        frac = {"small": 0.16, "moderate": 0.27, "large": 0.4}[f.size]
-        fluid = np.zeros((h, w), dtype=bool)
-        for side, sign in (("right", -1), ("left", 1)):
-            if f.side not in (side, "bilateral"):
-                continue
-            m, lx, ly, lw, lh = lungs[side]
-            lateral = np.clip(sign * (x - lx) / lw, 0, 1)
-            level = a["bottom"] - frac * 2 * lh - 0.07 * lateral  # the meniscus rises laterally
-            alpha = expit((y - level) / (1.2 * px)) * lung_open[side]
-            img = img * (1 - alpha) + (0.58 + 0.03 * vessels) * alpha
-            fluid |= alpha > 0.5
-        masks["Pleural Effusion"] = fluid
+    if fluid_alpha is not None:  # drawn last, over what the fluid hides
+        img = img * (1 - fluid_alpha) + (0.58 + 0.03 * vessels) * fluid_alpha
+        masks["Pleural Effusion"] = fluid_alpha > 0.5
 
     f = by_name.get("Pneumothorax")
     if f:
-        s = {"small": 0.28, "moderate": 0.38, "large": 0.5}[f.size]
+        s = {"small": 0.35, "moderate": 0.45, "large": 0.55}[f.size]
         sign = -1 if f.side == "right" else 1
         m, lx, ly, lw, lh = lungs[f.side]
         ilx, ily = lx - sign * s * lw * 0.5, ly + s * lh * 0.35
         inner = np.abs((x - ilx) / (lw * (1 - s))) ** 2.4 + np.abs((y - ily) / (lh * (1 - 0.5 * s))) ** 2.4 < 1.0
-        crescent = m & ~inner & ~heart & (y < ly + 0.3 * lh)
-        img = np.where(crescent, 0.04 + 0.05 * ribs + 0.01 * vessels, img)
+        crescent = m & ~inner & ~heart & (y < ly + 0.45 * lh)
+        img = np.where(crescent, 0.02 + 0.04 * ribs + 0.01 * vessels, img)
         img += 0.06 * (inner & m & ~heart)  # the collapsed lung is denser
         edge = inner & (gaussian_filter(inner.astype(np.float32), 1.5 * max(1.0, h * 0.006)) < 0.95)
-        img += 0.2 * (edge & m & (y < ly + 0.3 * lh))
+        img += 0.25 * (edge & m & (y < ly + 0.45 * lh))
         masks["Pneumothorax"] = crescent
 
     # exposure, contrast, blur, gamma, structured and quantum noise
@@ -318,7 +323,7 @@ def _sample_findings(rng: np.random.Generator, prevalence: float, uncertain: flo
     if nodule is not None or rng.random() < prevalence:
         if nodule is None or rng.random() > 0.8:
             side, zone = str(rng.choice(["right", "left"])), str(rng.choice(["upper", "lower"]))
-            nodule = PhantomFinding("Lung Lesion", side=side, location=zone, size=f"{rng.uniform(2.8, 4.2):.1f}")
+            nodule = PhantomFinding("Lung Lesion", side=side, location=zone, size=f"{rng.uniform(4.0, 5.5):.1f}")
         findings.append(PhantomFinding(**asdict(nodule)))
     if rng.random() < prevalence:
         lobe = str(rng.choice(_LOBES))

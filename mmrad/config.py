@@ -43,10 +43,13 @@ class VisionConfig:
     model_cfg: dict | None = (
         None  # full open_clip model config dict ({"embed_dim", "vision_cfg", ...}) for offline builds
     )
+    token_layer: int = -1  # the block/stage whose output gives the patch tokens: -1 the last, -2 the one before
 
     def __post_init__(self):
         if self.model_name is None and self.model_cfg is None:
             raise ConfigError("model.vision: set model_name or model_cfg")
+        if self.token_layer >= 0:
+            raise ConfigError(f"model.vision.token_layer counts from the end (-1, -2, ...), got {self.token_layer}")
 
 
 @dataclass
@@ -74,6 +77,9 @@ class FusionConfig:
     dropout: float = 0.0
     attention_layers: int = 1  # grounding maps average the cross-attention of the last k layers
     self_attention: bool = True  # queries attend to each other; off = each query is scored on its own
+    # a query's logit: "head" (linear head on the decoded query), "evidence" (log-mean-exp over patches of the
+    # last layer's cross-attention logits, as in attention-MIL: sharper maps, better zero-shot), or their sum "both"
+    presence: Literal["head", "evidence", "both"] = "head"
 
     def __post_init__(self):
         if self.num_layers < 1 or self.num_heads < 1:

@@ -12,8 +12,8 @@ def test_decoder_shapes_and_attention_rows(shared_queries):
     decoder = QueryDecoder(dim=16, num_layers=3, num_heads=2)
     memory = torch.randn(2, 12, 16)
     queries = torch.randn(5, 16) if shared_queries else torch.randn(2, 5, 16)
-    states, attentions = decoder(queries, memory)
-    assert states.shape == (2, 5, 16)
+    states, attentions, evidence = decoder(queries, memory)
+    assert states.shape == (2, 5, 16) and evidence.shape == (2, 5)
     assert len(attentions) == 3
     for weights in attentions:
         assert weights.shape == (2, 5, 12)
@@ -34,12 +34,12 @@ def test_without_self_attention_each_query_is_scored_alone():
     memory = torch.randn(2, 8, 16)
     queries = torch.randn(4, 16)
     alone = QueryDecoder(16, 2, 2, self_attention=False).eval()
-    states, _ = alone(queries, memory)
-    first, _ = alone(queries[:1], memory)
+    states, _, _ = alone(queries, memory)
+    first, _, _ = alone(queries[:1], memory)
     torch.testing.assert_close(states[:, :1], first)
     mixed = QueryDecoder(16, 2, 2, self_attention=True).eval()
-    states, _ = mixed(queries, memory)
-    first, _ = mixed(queries[:1], memory)
+    states, _, _ = mixed(queries, memory)
+    first, _, _ = mixed(queries[:1], memory)
     assert not torch.allclose(states[:, :1], first)
 
 
@@ -58,5 +58,7 @@ def test_a_query_attends_to_the_patch_it_matches():
     memory = torch.randn(1, 16, 8)
     hot = 11
     queries = memory[0, hot : hot + 1].clone()
-    _, attentions = decoder(queries, memory)
+    _, attentions, evidence = decoder(queries, memory)
     assert attentions[0][0, 0].argmax().item() == hot
+    _, _, elsewhere = decoder(-queries, memory)  # a query that matches no patch has lower evidence
+    assert evidence.item() > elsewhere.item()

@@ -62,6 +62,23 @@ def test_forward_shapes_finite_loss_and_gradients_everywhere(tiny_config, kind):
     assert missing_grads(model) == []  # every trainable part, towers included, gets a gradient
 
 
+@pytest.mark.parametrize("presence", ["head", "evidence", "both"])
+def test_presence_modes(tiny_config, presence):
+    cfg = copy.deepcopy(tiny_config)
+    cfg.fusion.presence = presence
+    cfg.fusion.num_layers = 2
+    torch.manual_seed(0)
+    model = MMRadModel(cfg)
+    batch = make_batch(model)
+    out = model(**batch)
+    _, _, evidence = model.decoder(out.query_embeds, out.patch_embeds)
+    head = model.head(model.decoder(out.query_embeds, out.patch_embeds)[0]).squeeze(-1)
+    expected = {"head": head, "evidence": evidence + model.head.bias, "both": head + evidence}[presence]
+    torch.testing.assert_close(out.logits, expected)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)  # DDP-safe in every mode
+
+
 def test_every_parameter_is_in_the_graph_whatever_the_losses(tiny_model, batch):
     """Without labels (or without reports) the unused outputs still join the graph, so DDP needs no
     find_unused_parameters."""
@@ -137,15 +154,32 @@ def test_custom_queries_in_forward(tiny_model, batch):
 def test_label_queries_are_cached_until_the_text_tower_changes(tiny_model):
     tiny_model.eval()
     with torch.no_grad():
-        first = tiny_model.label_queries()
-        assert tiny_model.label_queries() is first
+        first = tiny_model._label_features()
+        assert tiny_model._label_features() is first
+        torch.testing.assert_close(tiny_model.label_queries(), tiny_model.embed_texts(tiny_model.label_descriptions))
     optimizer = torch.optim.AdamW(tiny_model.text.parameters(), lr=1e-2)
     tiny_model.train()
-    tiny_model.label_queries().sum().backward()  # with grad enabled: always fresh, with gradient
+    features = tiny_model._label_features()
+    assert features is not first and features.requires_grad  # the tower trains: always fresh, with gradient
+    features.sum().backward()
     optimizer.step()
     with torch.no_grad():
-        second = tiny_model.label_queries()
+        second = tiny_model._label_features()
     assert second is not first and not torch.allclose(second, first)
+    tiny_model.text.requires_grad_(False)  # a frozen tower: cached while training, but the projection still learns
+    assert tiny_model._label_features() is second
+    tiny_model.label_queries().sum().backward()
+    assert tiny_model.text_proj.weight.grad is not None
+
+
+def test_precomputed_text_features_give_the_same_output(tiny_model, batch):
+    tiny_model.eval()
+    with torch.no_grad():
+        direct = tiny_model(**batch)
+        features = tiny_model.text_features(batch["input_ids"], batch["attention_mask"])
+        cached = tiny_model(batch["pixel_values"], labels=batch["labels"], text_features=features)
+    torch.testing.assert_close(cached.loss, direct.loss)
+    torch.testing.assert_close(cached.text_embeds, direct.text_embeds)
 
 
 def test_tower_parameter_names(tiny_model):

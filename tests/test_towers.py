@@ -60,6 +60,22 @@ def test_vision_tower_returns_pooled_tokens_and_grid(kind):
     assert tokens.shape == (2, side * side, tower.token_dim)
 
 
+@pytest.mark.parametrize("kind, grid", [("vit", 4), ("resnet", 4), ("timm", 4)])
+def test_tokens_from_an_earlier_block(kind, grid):
+    vision_cfg, size, _ = VISION_CFGS[kind]
+    torch.manual_seed(0)
+    tower = build_vision_tower({"embed_dim": 16, "vision_cfg": vision_cfg}, token_layer=-2).eval()
+    x = torch.randn(2, 3, size, size)
+    pooled, tokens, got = tower(x)
+    assert got == (grid, grid) and tokens.shape == (2, grid * grid, tower.token_dim)
+    tower.token_layer = -1
+    last_pooled, last_tokens, _ = tower(x)
+    torch.testing.assert_close(pooled, last_pooled)  # the pooled output still comes from the whole tower
+    assert tokens.shape[-1] != last_tokens.shape[-1] or not torch.allclose(tokens, last_tokens)
+    with pytest.raises(ConfigError, match="token_layer"):
+        VisionConfig(model_cfg={"embed_dim": 16, "vision_cfg": vision_cfg}, token_layer=1)
+
+
 def test_vit_with_patch_dropout_is_refused():
     cfg = {"embed_dim": 16, "vision_cfg": {**VISION_CFGS["vit"][0], "patch_dropout": 0.5}}
     with pytest.raises(ConfigError, match="patch_dropout"):

@@ -8,6 +8,8 @@ grounding map of each query. The design follows the query decoders of MedKLIP an
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,8 +31,9 @@ class Attention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, memory: torch.Tensor, need_weights: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Args: x (B, Q, D) queries, memory (B, N, D). Returns: (B, Q, D) and weights (B, Q, N) or None."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Args: x (B, Q, D) queries, memory (B, N, D). Returns: (B, Q, D), and with ``need_weights`` the weights
+        and the scaled attention logits, both (B, Q, N) averaged over heads (else None, None)."""
         b, q_len, d = x.shape
         h = self.num_heads
         q = self.q(x).view(b, q_len, h, d // h).transpose(1, 2)  # (B, H, Q, d)
@@ -38,13 +41,14 @@ class Attention(nn.Module):
         v = self.v(memory).view(b, -1, h, d // h).transpose(1, 2)
         drop = self.dropout if self.training else 0.0
         if need_weights:
-            weights = torch.softmax(q @ k.transpose(-2, -1) * (d // h) ** -0.5, dim=-1)  # (B, H, Q, N)
+            scores = q @ k.transpose(-2, -1) * (d // h) ** -0.5  # (B, H, Q, N)
+            weights = torch.softmax(scores, dim=-1)
             out = F.dropout(weights, drop, self.training) @ v
-            mean_weights = weights.mean(1)  # (B, Q, N)
+            mean_weights, mean_scores = weights.mean(1), scores.mean(1)  # (B, Q, N)
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-            mean_weights = None
-        return self.out(out.transpose(1, 2).reshape(b, q_len, d)), mean_weights
+            mean_weights = mean_scores = None
+        return self.out(out.transpose(1, 2).reshape(b, q_len, d)), mean_weights, mean_scores
 
 
 class QueryDecoderLayer(nn.Module):
@@ -59,15 +63,16 @@ class QueryDecoderLayer(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Args: x (B, Q, D), memory (B, N, D) (already normalised). Returns: (B, Q, D), weights (B, Q, N)."""
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Args: x (B, Q, D), memory (B, N, D) (already normalised). Returns: (B, Q, D), and the cross-attention
+        weights and logits (B, Q, N), averaged over heads."""
         if self.self_attn is not None:
             y = self.norm_self(x)
             x = x + self.drop(self.self_attn(y, y)[0])
-        y, weights = self.cross_attn(self.norm_cross(x), memory, need_weights=True)
+        y, weights, scores = self.cross_attn(self.norm_cross(x), memory, need_weights=True)
         x = x + self.drop(y)
         x = x + self.drop(self.mlp(self.norm_mlp(x)))
-        return x, weights
+        return x, weights, scores
 
 
 class QueryDecoder(nn.Module):
@@ -96,23 +101,27 @@ class QueryDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, queries: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, queries: torch.Tensor, memory: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """Args:
             queries: (Q, D) shared by the batch, or (B, Q, D).
             memory: (B, N, D) image tokens.
 
         Returns:
-            states (B, Q, D) after the final norm, and the cross-attention weights of every layer, each (B, Q, N),
-            averaged over heads.
+            states (B, Q, D) after the final norm; the cross-attention weights of every layer, each (B, Q, N),
+            averaged over heads; and the evidence (B, Q): log-mean-exp over the patches of the last layer's
+            head-averaged attention logits (high when some patch strongly matches the query).
         """
         if queries.ndim == 2:
             queries = queries.unsqueeze(0).expand(memory.shape[0], -1, -1)
         memory = self.memory_norm(memory)
         x, attentions = queries, []
         for layer in self.layers:
-            x, weights = layer(x, memory)
+            x, weights, scores = layer(x, memory)
             attentions.append(weights)
-        return self.norm(x), attentions
+        evidence = torch.logsumexp(scores, dim=-1) - math.log(memory.shape[1])
+        return self.norm(x), attentions, evidence
 
 
 def attention_maps(attentions: list[torch.Tensor] | tuple, grid: tuple[int, int], last_k: int = 1) -> torch.Tensor:

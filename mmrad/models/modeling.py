@@ -119,7 +119,7 @@ class MMRadModel(nn.Module):
         config = copy.deepcopy(config)
         model_cfg = resolve_model_cfg(config.vision)
         config.vision.model_cfg = model_cfg
-        self.vision = vision_tower if vision_tower is not None else build_vision_tower(model_cfg)
+        self.vision = vision_tower or build_vision_tower(model_cfg, config.vision.token_layer)
         if text_tower is None:
             text_tower, tokenizer = build_text_tower(config.text, model_cfg)
         self.text = text_tower
@@ -140,7 +140,12 @@ class MMRadModel(nn.Module):
         )
         fusion = config.fusion
         self.decoder = QueryDecoder(
-            dim, fusion.num_layers, fusion.num_heads, fusion.mlp_ratio, fusion.dropout, fusion.self_attention
+            dim,
+            fusion.num_layers,
+            fusion.num_heads,
+            fusion.mlp_ratio,
+            fusion.dropout,
+            fusion.self_attention,
         )
         self.head = nn.Linear(dim, 1)
 
@@ -157,7 +162,7 @@ class MMRadModel(nn.Module):
         self.lora_settings = None
         self.name_or_path: str | None = None  # the folder or repo this model was loaded from
         self.towers_from_sources = False  # True when from_towers loaded named pretrained weights
-        self._query_cache: tuple[tuple, torch.Tensor] | None = None
+        self._query_cache: tuple[tuple, torch.Tensor] | None = None  # (text tower fingerprint, description features)
 
     def _check(self, config: MMRadConfig) -> None:
         if config.preprocess.image_size != self.vision.image_size:
@@ -267,20 +272,37 @@ class MMRadModel(nn.Module):
         parts = [self.encode_text(**self.tokenize(chunk)) for chunk in chunks]
         return torch.cat(parts) if parts else torch.empty(0, self.config.projection_dim, device=self.device)
 
-    def _text_fingerprint(self) -> tuple:
+    def _text_tower_frozen(self) -> bool:
+        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.text.parameters()))
+
+    def _label_features(self) -> torch.Tensor:
+        """(K, Dp) text tower output for the finding descriptions; cached while the tower cannot change it (no grad,
+        or a frozen tower) until its weights change."""
+        if not self._text_tower_frozen():
+            return self.text(self.label_input_ids, self.label_attention_mask)[0]
         # in-place updates (optimizer steps, load_state_dict) bump a tensor's version; moves change its pointer
-        params = [*self.text.parameters(), *self.text_proj.parameters()]
-        return tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in self.text.parameters())
+        if self._query_cache is None or self._query_cache[0] != key:
+            was_training = self.text.training
+            self.text.eval()  # a frozen tower is a feature extractor: no dropout in its cached output
+            with torch.no_grad():
+                pooled = self.text(self.label_input_ids, self.label_attention_mask)[0]
+            self.text.train(was_training)
+            self._query_cache = (key, pooled)
+        return self._query_cache[1]
 
     def label_queries(self) -> torch.Tensor:
-        """(K, P) query embeddings of the finding descriptions. Recomputed (with gradient) while training; cached
-        under ``torch.no_grad`` until the text tower's weights change."""
-        if torch.is_grad_enabled():
-            return self.encode_text(self.label_input_ids, self.label_attention_mask)
-        key = self._text_fingerprint()
-        if self._query_cache is None or self._query_cache[0] != key:
-            self._query_cache = (key, self.encode_text(self.label_input_ids, self.label_attention_mask))
-        return self._query_cache[1]
+        """(K, P) query embeddings of the finding descriptions (L2-normalised, like :meth:`encode_text`). The text
+        tower's part is recomputed while it trains and cached otherwise; the projection always runs."""
+        return F.normalize(self.text_proj(self._label_features()), dim=-1)
+
+    def text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The text tower's raw output ``(pooled (B, Dp), tokens (B, L, Dt), mask (B, L))``. With a frozen text
+        tower a training loop can compute these once per report and pass them to :meth:`forward` as
+        ``text_features`` (the projections still train)."""
+        return self.text(input_ids, attention_mask)
 
     # ------------------------------------------------------------------------------------------------------------
     # Decoder, scoring
@@ -294,10 +316,17 @@ class MMRadModel(nn.Module):
             query_embeds: (Q, P) or (B, Q, P) query embeddings (``encode_text`` output).
 
         Returns:
-            logits (B, Q) and the per-layer cross-attention weights, each (B, Q, N).
+            logits (B, Q) (per ``fusion.presence``) and the per-layer cross-attention weights, each (B, Q, N).
         """
-        states, attentions = self.decoder(query_embeds, patch_embeds)
-        return self.head(states).squeeze(-1), attentions
+        states, attentions, evidence = self.decoder(query_embeds, patch_embeds)
+        logits = self.head(states).squeeze(-1)
+        presence = self.config.fusion.presence
+        if presence == "evidence":
+            # the head's weight and the last layer's output path stay in the graph with zero gradient (DDP)
+            logits = evidence + self.head.bias + 0.0 * logits
+        elif presence == "both":
+            logits = logits + evidence
+        return logits, attentions
 
     def attention_maps(self, attentions: Sequence[torch.Tensor], grid: tuple[int, int], last_k: int | None = None):
         """(B, Q, h, w) grounding maps: the mean over the last ``last_k`` layers (default
@@ -340,6 +369,7 @@ class MMRadModel(nn.Module):
         query_input_ids: torch.Tensor | None = None,
         query_attention_mask: torch.Tensor | None = None,
         return_loss: bool = True,
+        text_features: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> MMRadOutput:
         """Encode images (and reports), decode the queries, and compute the configured losses.
 
@@ -350,18 +380,22 @@ class MMRadModel(nn.Module):
             query_input_ids, query_attention_mask: (Q, Lq) custom queries instead of the finding descriptions;
                 ``labels`` then has Q columns.
             return_loss: compute ``loss`` and ``loss_terms``.
+            text_features: precomputed :meth:`text_features` of the reports, instead of running the text tower on
+                ``input_ids`` (which are then only needed for the local loss's special-token mask).
 
         Returns:
             :class:`MMRadOutput`.
         """
         image_embeds, memory, grid = self._image(pixel_values)
         text_embeds = words = word_mask = None
-        if input_ids is not None:
-            pooled, tokens, mask = self.text(input_ids, attention_mask)
+        if text_features is None and input_ids is not None:
+            text_features = self.text(input_ids, attention_mask)
+        if text_features is not None:
+            pooled, tokens, mask = text_features
             text_embeds = F.normalize(self.text_proj(pooled), dim=-1)
             if self.config.loss.local > 0:
                 words = (self.word_proj or self.text_proj)(tokens)
-                word_mask = mask & ~torch.isin(input_ids, self.special_token_ids)
+                word_mask = mask if input_ids is None else mask & ~torch.isin(input_ids, self.special_token_ids)
         if query_input_ids is not None:
             queries = self.encode_text(query_input_ids, query_attention_mask)
         else:

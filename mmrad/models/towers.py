@@ -46,15 +46,22 @@ logger = logging.getLogger(__name__)
 class VisionTower(nn.Module):
     """An open_clip visual tower returning pooled features, spatial tokens and their grid.
 
+    Args:
+        visual: the open_clip visual module.
+        token_layer: which block (ViT) or stage (ResNet, timm) gives the tokens, counted from the end: -1 is the
+            last; earlier ones have smaller receptive fields (more local tokens, finer grids for CNNs). The pooled
+            output always comes from the full tower.
+
     Attributes:
         kind: ``"vit"`` (open_clip VisionTransformer), ``"resnet"`` (ModifiedResNet) or ``"timm"``.
         pooled_dim / token_dim: feature sizes of the pooled output and of each token.
         image_size: the (square) input size the tower expects.
     """
 
-    def __init__(self, visual: nn.Module):
+    def __init__(self, visual: nn.Module, token_layer: int = -1):
         super().__init__()
         self.visual = visual
+        self.token_layer = token_layer
         if isinstance(visual, VisionTransformer):
             self.kind = "vit"
             if visual.attn_pool is not None or visual.pool_type == "none":
@@ -73,17 +80,20 @@ class VisionTower(nn.Module):
         elif isinstance(visual, TimmModel):
             self.kind = "timm"
             self.image_size = visual.image_size[0]
+        else:
+            raise ConfigError(f"model.vision: unsupported open_clip visual tower {type(visual).__name__}")
+        if self.kind == "timm" or token_layer != -1:
             with torch.no_grad():  # feature sizes are cheapest to read from one tiny forward
                 was_training = visual.training
                 visual.eval()
-                pooled, tokens, _ = self._timm(torch.zeros(1, 3, self.image_size, self.image_size))
+                pooled, tokens, _ = self(torch.zeros(1, 3, self.image_size, self.image_size))
                 visual.train(was_training)
             self.pooled_dim, self.token_dim = pooled.shape[-1], tokens.shape[-1]
-        else:
-            raise ConfigError(f"model.vision: unsupported open_clip visual tower {type(visual).__name__}")
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """Args: pixel_values (B, 3, H, W). Returns: pooled (B, Dp), tokens (B, N, Dt), grid (h, w) with h*w = N."""
+        if self.token_layer != -1:
+            return self._intermediate(pixel_values)
         if self.kind == "vit":
             pooled, tokens = self.visual(pixel_values)  # tokens after ln_post, no class token
             ph, pw = self.visual.patch_size
@@ -94,6 +104,22 @@ class VisionTower(nn.Module):
             fmap = out["image_intermediates"][-1]  # (B, C, h, w) after layer4
             return out["image_features"], fmap.flatten(2).transpose(1, 2), tuple(fmap.shape[-2:])
         return self._timm(pixel_values)
+
+    def _intermediate(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        if self.kind == "resnet":  # open_clip's ModifiedResNet.forward_intermediates stops early; walk the stages
+            visual, x = self.visual, pixel_values
+            stages = []
+            for block in (visual.stem, visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+                x = block(x)
+                stages.append(x)
+            pooled, fmap = visual.attnpool(x), stages[self.token_layer]
+        else:  # open_clip's forward_intermediates: an earlier block's features and the pooled output in one pass
+            kwargs = {"normalize_intermediates": True} if self.kind == "vit" else {}
+            out = self.visual.forward_intermediates(
+                pixel_values, indices=[self.token_layer], output_fmt="NCHW", **kwargs
+            )
+            pooled, fmap = out["image_features"], out["image_intermediates"][0]  # fmap (B, C, h, w), no prefix
+        return pooled, fmap.flatten(2).transpose(1, 2), tuple(fmap.shape[-2:])
 
     def _timm(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         trunk = self.visual.trunk
@@ -143,14 +169,14 @@ def resolve_model_cfg(cfg: VisionConfig, *, allow_network: bool = False) -> dict
     return copy.deepcopy(model_cfg)
 
 
-def build_vision_tower(model_cfg: dict) -> VisionTower:
+def build_vision_tower(model_cfg: dict, token_layer: int = -1) -> VisionTower:
     """A randomly initialised vision tower from an open_clip model config dict (offline)."""
     vision_cfg = dict(model_cfg["vision_cfg"])
     if "timm_model_name" in vision_cfg:
         vision_cfg["timm_model_pretrained"] = False  # weights only ever come from load_pretrained_towers
     visual = _build_vision_tower(model_cfg["embed_dim"], vision_cfg, quick_gelu=model_cfg.get("quick_gelu", False))
     _fit_timm_input_size(visual, vision_cfg)
-    return VisionTower(visual)
+    return VisionTower(visual, token_layer)
 
 
 def _fit_timm_input_size(visual: nn.Module, vision_cfg: dict) -> None:
@@ -399,10 +425,10 @@ def load_pretrained_towers(
         visual = clip.visual
         preprocess = copy.deepcopy(getattr(visual, "preprocess_cfg", None))
         _fit_timm_input_size(visual, model_cfg["vision_cfg"])
-        vision_tower = VisionTower(visual)
+        vision_tower = VisionTower(visual, vision.token_layer)
     else:
         logger.warning("model.vision names no pretrained weights: the vision tower is randomly initialised")
-        vision_tower = build_vision_tower(model_cfg)
+        vision_tower = build_vision_tower(model_cfg, vision.token_layer)
 
     if text.source == "open_clip":
         if clip is None:

@@ -143,3 +143,15 @@ def tiny_experiment(phantom_corpus):
             "train.log_with=None",
         ],
     )
+
+
+@pytest.fixture
+def single_thread():
+    """Run torch on one thread: on tiny models two OpenMP threads bring nothing, and when other processes keep the
+    cores busy they were measured 10-40x slower than one. Use: ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,6 +5,8 @@ import torch
 
 from mmrad.models.fusion import QueryDecoder, attention_maps
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.mark.parametrize("shared_queries", [True, False])
 def test_decoder_shapes_and_attention_rows(shared_queries):

@@ -11,6 +11,8 @@ from mmrad.models.lora import adapter_state_dict
 from tests.test_modeling import make_batch
 from tests.test_towers import tower_config
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 SETTINGS = LoraSettings(enabled=True, r=4, alpha=8)
 
 

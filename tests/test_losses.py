@@ -18,6 +18,8 @@ from mmrad.models.losses import (
     uncertainty_targets,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 NAN = float("nan")
 
 

@@ -11,6 +11,8 @@ from mmrad.config import ConfigError, LabelsConfig, MMRadConfig
 from mmrad.models import CheckpointError, MMRadModel, MMRadOutput, is_tower_parameter
 from tests.test_towers import VISION_CFGS, tower_config
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 NAN = float("nan")
 
 

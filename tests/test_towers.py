@@ -13,6 +13,8 @@ from mmrad.models import MMRadModel
 from mmrad.models.tokenizer import OpenCLIPTokenizer, build_radiology_wordpiece, builtin_tokenizer_dir
 from mmrad.models.towers import TextTower, build_text_tower, build_vision_tower
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 VISION_CFGS = {
     # kind: (open_clip vision_cfg, image size, expected grid)
     "vit": ({"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16, "mlp_ratio": 2.0}, 32, 4),

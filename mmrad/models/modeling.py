@@ -119,7 +119,9 @@ class MMRadModel(nn.Module):
         config = copy.deepcopy(config)
         model_cfg = resolve_model_cfg(config.vision)
         config.vision.model_cfg = model_cfg
-        self.vision = vision_tower or build_vision_tower(model_cfg, config.vision.token_layer)
+        if vision_tower is None:
+            vision_tower = build_vision_tower(model_cfg, config.vision.token_layer)
+        self.vision = vision_tower
         if text_tower is None:
             text_tower, tokenizer = build_text_tower(config.text, model_cfg)
         self.text = text_tower

@@ -396,7 +396,9 @@ class MMRadModel(nn.Module):
             pooled, tokens, mask = text_features
             text_embeds = F.normalize(self.text_proj(pooled), dim=-1)
             if self.config.loss.local > 0:
-                words = (self.word_proj or self.text_proj)(tokens)
+                if self.word_proj is None and self.text.token_dim != self.text.pooled_dim:
+                    raise ConfigError("model.loss.local > 0 needs a word projection: set it before building the model")
+                words = (self.word_proj if self.word_proj is not None else self.text_proj)(tokens)
                 word_mask = mask if input_ids is None else mask & ~torch.isin(input_ids, self.special_token_ids)
         if query_input_ids is not None:
             queries = self.encode_text(query_input_ids, query_attention_mask)

@@ -100,3 +100,20 @@ def test_partial_checkpoints_are_never_resumed(tmp_path):
     removed = remove_partial_checkpoints(root)
     assert sorted(p.name for p in removed) == [".tmp_step_00000012", "step_00000009"]
     assert [p.name for p in root.iterdir()] == ["step_00000005"]
+
+
+def test_frozen_text_tower_features_are_cached_with_the_same_losses(tiny_experiment, tmp_path, monkeypatch):
+    import mmrad.training.data as data
+
+    tiny_experiment.train.freeze_text = True
+    tiny_experiment.train.max_steps = 3
+    real, built = data.ReportFeatures, []
+    monkeypatch.setattr(data, "ReportFeatures", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    cached = train(tiny_experiment, tmp_path / "cached")
+    assert len(built) == 1 and len(built[0].pooled) > 0  # computed once, before the first step
+    monkeypatch.setattr(data, "text_tower_frozen", lambda model: False)  # no cache: the tower runs each step
+    train(tiny_experiment, tmp_path / "plain")
+    a = json.loads((tmp_path / "cached" / "train_summary.json").read_text())["train_losses"]
+    b = json.loads((tmp_path / "plain" / "train_summary.json").read_text())["train_losses"]
+    assert len(built) == 1 and a == pytest.approx(b, abs=1e-5)
+    assert MMRadModel.from_pretrained(cached).label_names == tiny_experiment.model.labels.names

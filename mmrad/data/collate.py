@@ -184,6 +184,8 @@ class MMRadCollator:
         batch = {"pixel_values": torch.from_numpy(normalize(pixels, self.preprocess.mean, self.preprocess.std))}
         batch.update(self._tokenize([self.text(r) for r in rows]))
         batch["labels"] = self._labels(rows)
+        if all("_index" in r for r in rows):  # the training loader's dataset positions (for cached text features)
+            batch["row_index"] = torch.tensor([int(r["_index"]) for r in rows])
         if self.return_boxes:
             batch["boxes"] = boxes
         if self.return_masks:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,16 +48,69 @@ class SeededRows(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         row = dict(self.rows[int(index)])
+        row["_index"] = int(index)
         epoch = self.sampler.epoch if self.sampler is not None else 0
         row["_augment_seed"] = int(np.random.SeedSequence([self.seed, epoch, int(index)]).generate_state(1)[0])
         return row
 
 
-def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "validation"):
-    """``(train_loader, eval_loader, train_sampler, label_names)`` for ``cfg.data.corpus`` and ``model``.
+@dataclass
+class TrainData:
+    train_loader: DataLoader
+    eval_loader: DataLoader | None
+    sampler: EpochSampler
+    text_cache: ReportFeatures | None = None  # the frozen text tower's features of every training report
 
-    The loaders are not yet prepared by Accelerate. ``eval_loader`` is None when the split is empty.
-    """
+
+class ReportFeatures:
+    """The text tower's output for every row of a split, computed once: a frozen text tower (a locked pretrained
+    encoder) then costs nothing per step. Rows with the same text share one forward pass."""
+
+    def __init__(self, model, rows, collator, batch_size: int = 64, progress: bool = True):
+        from tqdm.auto import tqdm
+
+        texts = [collator.text(r) for r in rows.select_columns([c for c in ("report", "findings", "impression")
+                                                                 if c in rows.column_names])]  # fmt: skip
+        unique = list(dict.fromkeys(texts))
+        where = {t: i for i, t in enumerate(unique)}
+        self.row_to_text = torch.tensor([where[t] for t in texts])
+        self.with_tokens = model.config.loss.local > 0
+        pooled, tokens, masks = [], [], []
+        was_training = model.text.training
+        model.text.eval()
+        with torch.no_grad():
+            for i in tqdm(range(0, len(unique), batch_size), desc="report features", disable=not progress,
+                          leave=False):  # fmt: skip
+                enc = model.tokenize(unique[i : i + batch_size])
+                p, t, m = model.text_features(enc["input_ids"], enc["attention_mask"])
+                pooled.append(p.cpu())
+                if self.with_tokens:  # padded to one length for storage
+                    pad = model.config.text.max_length - t.shape[1]
+                    tokens.append(torch.nn.functional.pad(t.cpu(), (0, 0, 0, pad)))
+                    masks.append(torch.nn.functional.pad(m.cpu(), (0, pad)))
+        model.text.train(was_training)
+        self.pooled = torch.cat(pooled)
+        self.tokens = torch.cat(tokens) if tokens else None
+        self.masks = torch.cat(masks) if masks else None
+        logger.info("cached text features of %d reports (%d distinct)", len(texts), len(unique))
+
+    def take(self, row_index: torch.Tensor, device) -> tuple:
+        """``text_features`` for a batch of dataset rows, as :meth:`MMRadModel.forward` takes them."""
+        idx = self.row_to_text[row_index.cpu()]
+        pooled = self.pooled[idx].to(device)
+        if self.tokens is None:  # the local loss is off: token states are not used
+            return pooled, None, None
+        return pooled, self.tokens[idx].to(device), self.masks[idx].to(device)
+
+
+def text_tower_frozen(model) -> bool:
+    return not any(p.requires_grad for p in model.text.parameters())
+
+
+def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "validation") -> TrainData:
+    """The training and evaluation loaders for ``cfg.data.corpus`` and ``model`` (not yet prepared by Accelerate);
+    the evaluation loader is None when the split is empty. With a frozen text tower and a loss that reads the
+    reports, their features are computed once here."""
     from mmrad.data.collate import MMRadCollator
     from mmrad.data.corpus import load_corpus
     from mmrad.errors import MMRadError
@@ -76,11 +130,13 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
         max_length=model.config.text.max_length,
     )
     sampler = EpochSampler(len(splits["train"]), cfg.train.seed)
+    train_collator = MMRadCollator(train=cfg.data.augment, **common)
+    train_rows = splits["train"]
     train_loader = DataLoader(
-        SeededRows(splits["train"], cfg.train.seed, sampler),
+        SeededRows(train_rows.select_columns(train_collator.columns), cfg.train.seed, sampler),
         batch_size=cfg.data.batch_size,
         sampler=sampler,
-        collate_fn=MMRadCollator(train=cfg.data.augment, **common),
+        collate_fn=train_collator,
         num_workers=cfg.data.num_workers,
         drop_last=len(splits["train"]) >= 2 * cfg.data.batch_size,  # a 1-row last batch gives no contrastive signal
         generator=torch.Generator().manual_seed(cfg.train.seed),  # workers' seeds must not draw from the global RNG
@@ -88,13 +144,16 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
     )
     eval_loader = None
     if eval_split in splits and len(splits[eval_split]) > 0:
+        eval_collator = MMRadCollator(train=False, **common)
         eval_loader = DataLoader(
-            splits[eval_split],
+            splits[eval_split].select_columns(eval_collator.columns),
             batch_size=cfg.data.eval_batch_size,
             shuffle=False,
-            collate_fn=MMRadCollator(train=False, **common),
+            collate_fn=eval_collator,
             num_workers=cfg.data.num_workers,
         )
     else:
         logger.warning("the corpus has no %s rows: no evaluation during training", eval_split)
-    return train_loader, eval_loader, sampler
+    reads_reports = model.config.loss.contrastive > 0 or model.config.loss.local > 0
+    cache = ReportFeatures(model, train_rows, train_collator) if reads_reports and text_tower_frozen(model) else None
+    return TrainData(train_loader, eval_loader, sampler, cache)

@@ -101,7 +101,7 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
         cfg: the experiment (``data.corpus`` must name an ingested corpus unless ``dataloaders`` is given).
         out_dir: output folder (model, checkpoints, logs, summary).
         resume: continue from the latest complete checkpoint in ``out_dir/checkpoints``.
-        dataloaders: ``fn(cfg, model) -> (train_loader, eval_loader, sampler)`` replacing the corpus loaders (tests).
+        dataloaders: ``fn(cfg, model) -> TrainData`` replacing the corpus loaders (tests).
     """
     out = Path(out_dir)
     set_seed(cfg.train.seed)
@@ -112,8 +112,10 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     model = build_model(cfg)
-    make = dataloaders or build_dataloaders
-    train_loader, eval_loader, sampler = make(cfg, model)
+    data = (dataloaders or build_dataloaders)(cfg, model)
+    train_loader, eval_loader, sampler, text_cache = data.train_loader, data.eval_loader, data.sampler, data.text_cache
+    # the reports are read only by the contrastive and local losses
+    reads_reports = cfg.model.loss.contrastive > 0 or cfg.model.loss.local > 0
     optimizer = torch.optim.AdamW(
         param_groups(
             model.named_parameters(),
@@ -187,12 +189,13 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
             loader = accelerator.skip_first_batches(train_loader, skip * cfg.train.gradient_accumulation_steps)
         for batch in loader:
             with accelerator.accumulate(model):
-                output = model(
-                    pixel_values=batch["pixel_values"],
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    labels=batch["labels"],
-                )
+                reports = {}
+                if text_cache is not None:
+                    reports = {"input_ids": batch["input_ids"],
+                               "text_features": text_cache.take(batch["row_index"], accelerator.device)}  # fmt: skip
+                elif reads_reports:
+                    reports = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+                output = model(pixel_values=batch["pixel_values"], labels=batch["labels"], **reports)
                 accelerator.backward(output.loss)
                 if accelerator.sync_gradients and cfg.train.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)

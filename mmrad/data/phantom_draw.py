@@ -30,7 +30,7 @@ def anatomy(rng: np.random.Generator) -> dict:
         "heart_hh": rng.uniform(0.11, 0.13),
         "heart_cy": rng.uniform(0.6, 0.64),
         "body_hw": rng.uniform(0.42, 0.47),
-        "cardio_factor": rng.uniform(1.45, 1.65),  # heart width factor if this patient has cardiomegaly
+        "cardio_factor": rng.uniform(1.5, 1.75),  # heart width factor if this patient has cardiomegaly
     }
 
 
@@ -125,20 +125,22 @@ def render(a: dict, findings: list, h: int, w: int, rng: np.random.Generator):
         side = f.side
         m, lx, ly, lw, lh = lungs[side]
         r = float(f.size) / 2 / 30.0  # cm over a 30 cm field of view
-        for _ in range(200):
+        best = (-1.0, 0.0, 0.0)  # (free share of the nodule's square, cx, cy): the freest of the tries wins
+        k = max(1, int(r * h))
+        for _ in range(60):
             cx = lx + rng.uniform(-0.45, 0.45) * lw
             cy = ly + (rng.uniform(-0.6, -0.1) if f.location == "upper" else rng.uniform(0.1, 0.55)) * lh
             iy, ix = int(cy * h), int((cx - 0.5) * h + w / 2)
-            if (
-                0 <= iy < h
-                and 0 <= ix < w
-                and free[side][iy, ix]
-                and free[side][
-                    max(0, iy - int(r * h)) : iy + int(r * h) + 1, max(0, ix - int(r * h)) : ix + int(r * h) + 1
-                ].mean()
-                > 0.9
-            ):
-                break
+            if 0 <= iy < h and 0 <= ix < w and free[side][iy, ix]:
+                share = float(free[side][max(0, iy - k) : iy + k + 1, max(0, ix - k) : ix + k + 1].mean())
+                best = max(best, (share, cx, cy))
+                if share > 0.9:
+                    break
+        _, cx, cy = best
+        if best[0] < 0:  # the zone is all fluid or heart: anywhere in the open part of that lung
+            ys, xs = np.nonzero(free[side] if free[side].any() else lungs[side][0])
+            i = int(rng.integers(len(ys)))
+            cy, cx = (ys[i] + 0.5) / h, (xs[i] + 0.5 - w / 2) / h + 0.5
         theta = np.arctan2(y - cy, x - cx)
         radius = r * (1 + 0.12 * np.sin(3 * theta + rng.uniform(0, 6.28)) + 0.06 * np.sin(5 * theta))
         d = np.hypot(x - cx, y - cy) / radius
@@ -151,24 +153,24 @@ def render(a: dict, findings: list, h: int, w: int, rng: np.random.Generator):
 
     f = by_name.get("Pneumothorax")
     if f:
-        s = {"small": 0.35, "moderate": 0.45, "large": 0.55}[f.size]
+        s = {"small": 0.45, "moderate": 0.55, "large": 0.65}[f.size]
         sign = -1 if f.side == "right" else 1
         m, lx, ly, lw, lh = lungs[f.side]
         ilx, ily = lx - sign * s * lw * 0.5, ly + s * lh * 0.35
         inner = np.abs((x - ilx) / (lw * (1 - s))) ** 2.4 + np.abs((y - ily) / (lh * (1 - 0.5 * s))) ** 2.4 < 1.0
-        crescent = m & ~inner & ~heart & (y < ly + 0.45 * lh)
+        crescent = m & ~inner & ~heart & (y < ly + 0.55 * lh)
         img = np.where(crescent, 0.02 + 0.04 * ribs + 0.01 * vessels, img)
         img += 0.06 * (inner & m & ~heart)  # the collapsed lung is denser
         edge = inner & (gaussian_filter(inner.astype(np.float32), 1.5 * max(1.0, h * 0.006)) < 0.95)
-        img += 0.25 * (edge & m & (y < ly + 0.45 * lh))
+        img += 0.25 * (edge & m & (y < ly + 0.55 * lh))
         masks["Pneumothorax"] = crescent
 
     # exposure, contrast, blur, gamma, structured and quantum noise
-    img = (img - 0.4) * rng.uniform(0.85, 1.15) + 0.4 + rng.normal(0, 0.03)
+    img = (img - 0.4) * rng.uniform(0.9, 1.1) + 0.4 + rng.normal(0, 0.02)
     img += 0.025 * _smooth_noise(rng, (h, w), 0.15 * h)
     img = gaussian_filter(img, max(0.4, 0.004 * h))
-    img = np.clip(img, 0, 1) ** rng.uniform(0.85, 1.2)
-    img += rng.normal(0, rng.uniform(0.012, 0.03), img.shape)
+    img = np.clip(img, 0, 1) ** rng.uniform(0.9, 1.1)
+    img += rng.normal(0, rng.uniform(0.01, 0.025), img.shape)
     return np.clip(img, 0, 1).astype(np.float32), masks
 
 

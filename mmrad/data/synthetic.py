@@ -160,7 +160,7 @@ def _sample_findings(rng: np.random.Generator, prevalence: float, uncertain: flo
     if nodule is not None or rng.random() < prevalence:
         if nodule is None or rng.random() > 0.8:
             side, zone = str(rng.choice(["right", "left"])), str(rng.choice(["upper", "lower"]))
-            nodule = PhantomFinding("Lung Lesion", side=side, location=zone, size=f"{rng.uniform(4.0, 5.5):.1f}")
+            nodule = PhantomFinding("Lung Lesion", side=side, location=zone, size=f"{rng.uniform(4.5, 6.0):.1f}")
         findings.append(PhantomFinding(**asdict(nodule)))
     if rng.random() < prevalence:
         lobe = str(rng.choice(_LOBES))

@@ -149,6 +149,25 @@ def test_box_outside_the_image_is_rejected(tmp_path):
     assert [r["reason"].split(":")[0] for r in _rejects(tmp_path / "c")] == ["bad boxes", "bad boxes"]
 
 
+def test_masks_are_resized_with_the_image_and_bad_masks_reject_the_row(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(np.zeros((40, 60), np.uint8)).save(tmp_path / name)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:20, 30:50] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    Image.fromarray(mask[:20]).save(tmp_path / "small.png")
+    manifest = _write_rows(tmp_path / "m.csv", [
+        {"image": "a.png", "report": "Nodule.", "patient_id": "A", "masks": json.dumps({"Lung Lesion": "m.png"})},
+        {"image": "b.png", "report": "Nodule.", "patient_id": "B", "masks": json.dumps({"Lung Lesion": "small.png"})},
+        {"image": "c.png", "report": "Nodule.", "patient_id": "C", "masks": json.dumps({"Lung Lesion": "no.png"})},
+    ])  # fmt: skip
+    summary = ingest(manifest, tmp_path / "c", image_size=30, labels="chexpert", split="1,0,0", progress=False)
+    assert (summary.kept, summary.info.reject_reasons) == (1, {"bad mask": 2})
+    (row,) = load_corpus(tmp_path / "c")[0]["train"]
+    cached = np.asarray(row["masks"][0]["mask"]) > 127
+    assert cached.shape == (20, 30) and cached[5:10, 15:25].all() and cached.sum() == 50
+
+
 def test_16bit_source_stays_16bit_and_8bit_stays_8bit(mixed, tmp_path):
     ingest(mixed, tmp_path / "c", image_size=80, labels="manifest", progress=False)  # no resize: exact values
     rows = {r["manifest_row"]: r for r in _all_rows(load_corpus(tmp_path / "c")[0])}
@@ -250,8 +269,9 @@ def test_non_utf8_cells_reject_their_row_only(tmp_path):
     summary = ingest(tmp_path / "m.csv", tmp_path / "c", image_size=8, labels="manifest", progress=False)
     assert (summary.kept, summary.rejected) == (1, 2)
     reasons = {int(r["row"]): (r["path"], r["reason"]) for r in _rejects(tmp_path / "c")}
-    assert reasons[1] == ("b.png", "column 'report' is not valid UTF-8 text")
-    assert reasons[2] == ("a.png", "report file bad.txt is not UTF-8 text")
+    assert reasons[1] == ("b.png", "not valid UTF-8 text (column 'report')")
+    assert reasons[2] == ("a.png", "report file is not UTF-8 text (bad.txt)")
+    assert summary.info.reject_reasons == {"not valid UTF-8 text": 1, "report file is not UTF-8 text": 1}
 
 
 def test_bad_manifests_are_clear_errors(tmp_path):

@@ -107,10 +107,10 @@ def _decode_row(row: int, path: str, masks: dict[str, str], opts: DecodeOptions)
         try:
             mask, _ = load_image(mask_path)
         except MMRadImageError as err:
-            raise ValueError(f"bad mask for {label!r}: {err.reason}") from None
+            raise ValueError(f"bad mask ({label!r}: {err.reason})") from None
         mask = mask.mean(axis=-1) if mask.ndim == 3 else mask
         if mask.shape != (h0, w0):
-            raise ValueError(f"bad mask for {label!r}: {mask.shape[1]}x{mask.shape[0]}, the image is {w0}x{h0}")
+            raise ValueError(f"bad mask ({label!r} is {mask.shape[1]}x{mask.shape[0]}, the image {w0}x{h0})")
         small_mask = resize_longest(mask, opts.image_size) >= 0.5
         encoded_masks.append({"label": label, "mask": {"bytes": encode_png(small_mask), "path": None}})
     dicom = meta.dicom

@@ -118,7 +118,7 @@ def _read_csv(path: Path, delimiter: str) -> list[dict]:
             elif bad := [k for k, v in record.items() if isinstance(v, str) and _not_utf8(v)]:
                 image = record.get("image") or ""
                 image = image.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                records.append({"__error__": f"column {bad[0]!r} is not valid UTF-8 text", "image": image})
+                records.append({"__error__": f"not valid UTF-8 text (column {bad[0]!r})", "image": image})
             else:
                 records.append(record)
         return records
@@ -141,7 +141,7 @@ def _read_jsonl(path: Path) -> list[dict]:
             try:
                 record = json.loads(raw.decode("utf-8-sig"))
             except UnicodeDecodeError:
-                records.append({"__error__": "JSON line is not valid UTF-8 text"})
+                records.append({"__error__": "not valid UTF-8 text (JSON line)"})
                 continue
             except json.JSONDecodeError as err:
                 records.append({"__error__": f"malformed JSON line ({err.msg})"})
@@ -280,11 +280,11 @@ def _read_report(record: dict, base: Path) -> str:
     except FileNotFoundError:
         raise ValueError(f"report file not found ({report_path})") from None
     except OSError as err:
-        raise ValueError(f"cannot read report file {report_path} ({err.strerror or err})") from None
+        raise ValueError(f"cannot read report file ({report_path}: {err.strerror or err})") from None
     try:
         text = raw.decode("utf-8-sig").strip()
     except UnicodeDecodeError:
-        raise ValueError(f"report file {report_path} is not UTF-8 text") from None
+        raise ValueError(f"report file is not UTF-8 text ({report_path})") from None
     if not text:
         raise ValueError("empty report")
     return text

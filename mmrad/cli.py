@@ -393,6 +393,44 @@ def _run_ground(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# push
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@command("push")
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "push",
+        help="share a model folder on the Hugging Face Hub (private by default; PHI-scanned first)",
+        description="Writes the model card from metrics.json, scans the folder for patient identifiers, then uploads.",
+    )
+    p.add_argument("model", metavar="MODEL_DIR", help="a folder written by save_pretrained / mmrad train")
+    p.add_argument("repo_id", metavar="REPO_ID", help="e.g. your-org/mmrad-chest")
+    p.add_argument("--public", action="store_true", help="make a new repo public (default: private)")
+    p.add_argument("--adapter-only", action="store_true", help="upload the LoRA adapters and new modules only")
+    p.add_argument("--base-model", metavar="REPO_ID", help="Hub repo of the base model (for --adapter-only)")
+    p.add_argument("--revision", metavar="BRANCH", help="upload to this branch (created if needed)")
+    p.add_argument("--metrics", metavar="FILE", help="metrics.json for the card (default: MODEL_DIR/metrics.json)")
+    p.add_argument("--corpus", metavar="DIR", help="refuse uploads containing this corpus's patient/study keys")
+    p.add_argument("--dry-run", metavar="DIR", help="write the exact folder that would be uploaded, no network")
+    p.set_defaults(func=_run_push)
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from mmrad.hub import push
+
+    where = push(
+        args.model, args.repo_id, public=args.public, adapter_only=args.adapter_only, base_model=args.base_model,
+        revision=args.revision, metrics_file=args.metrics, corpus=args.corpus, dry_run=args.dry_run,
+    )  # fmt: skip
+    if args.dry_run:
+        print(f"dry run: the upload folder is {where} (scanned: no patient identifiers found)")
+    else:
+        print(f"pushed to {args.repo_id}: {where}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # demo
 # ----------------------------------------------------------------------------------------------------------------
 

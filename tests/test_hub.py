@@ -182,3 +182,14 @@ def test_push_sends_the_folder_through_the_hub_client(model_dir, monkeypatch):
     assert {"config.json", "model.safetensors", "README.md", "metrics.json"} <= set(sent)
     card = base64.b64decode(sent["README.md"]["content"]).decode()
     assert "| Cardiomegaly | 0.937 |" in card
+
+
+def test_push_cli_dry_run_and_refusal(model_dir, tmp_path, capsys):
+    from mmrad.cli import main
+
+    assert main(["push", str(model_dir), "org/model", "--dry-run", str(tmp_path / "dry")]) == 0
+    assert "dry run" in capsys.readouterr().out and (tmp_path / "dry" / "README.md").is_file()
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    (model_dir / "metrics.json").write_text(json.dumps({**metrics, "note": "DOB: 1950-01-02"}))
+    assert main(["push", str(model_dir), "org/model", "--dry-run", str(tmp_path / "dry2")]) == 1
+    assert "refusing to push" in capsys.readouterr().err and not (tmp_path / "dry2").exists()

@@ -19,6 +19,7 @@ from mmrad.errors import MMRadError
 logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = {".json", ".md", ".txt", ".yaml", ".yml", ".csv", ".jsonl", ".model", ".vocab", ".merges"}
+VOCABULARY_FILES = {"tokenizer.json", "vocab.txt", "merges.txt", "vocab.json"}
 SCANNED_BINARIES = {".safetensors"}  # header and metadata scanned; any other binary is refused
 
 
@@ -81,7 +82,9 @@ def scan_for_phi(folder: str | Path, known_keys: set[str] | None = None) -> list
         suffix = path.suffix.lower()
         if suffix in SCANNED_BINARIES:
             found += _scan_text(name, _safetensors_header(path), keys)
-        elif suffix in TEXT_SUFFIXES or path.name in ("vocab.txt", "merges.txt", "tokenizer.json"):
+        elif path.name in VOCABULARY_FILES:
+            found += _scan_vocabulary(name, path, keys)
+        elif suffix in TEXT_SUFFIXES:
             found += _scan_text(name, path.read_text(encoding="utf-8", errors="replace"), keys)
         else:
             found.append(
@@ -91,6 +94,26 @@ def scan_for_phi(folder: str | Path, known_keys: set[str] | None = None) -> list
                     suffix or path.name,
                 )
             )
+    return found
+
+
+def _scan_vocabulary(name: str, path: Path, keys: set[str]) -> list[PhiFinding]:
+    """A tokenizer vocabulary is a list of tokens (with ids), not prose: each token is checked on its own for long
+    digit runs (MRN-like) and the corpus's keys; the sentence patterns would match "token": id pairs."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.name == "tokenizer.json":
+        vocab = (json.loads(text).get("model") or {}).get("vocab") or {}
+        tokens = list(vocab) if isinstance(vocab, dict) else [entry[0] for entry in vocab]
+        tokens += [t.get("content", "") for t in json.loads(text).get("added_tokens") or []]
+    else:
+        tokens = text.split()
+    found = []
+    for token in tokens:
+        bare = token.lstrip("#Ġ▁")
+        if re.fullmatch(r"\d{6,}", bare):
+            found.append(PhiFinding(name, "MRN-like number token", bare[:4] + "…"))
+        elif bare in keys:
+            found.append(PhiFinding(name, "a patient/study key of the corpus", bare[:6] + "…"))
     return found
 
 

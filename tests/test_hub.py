@@ -193,3 +193,14 @@ def test_push_cli_dry_run_and_refusal(model_dir, tmp_path, capsys):
     (model_dir / "metrics.json").write_text(json.dumps({**metrics, "note": "DOB: 1950-01-02"}))
     assert main(["push", str(model_dir), "org/model", "--dry-run", str(tmp_path / "dry2")]) == 1
     assert "refusing to push" in capsys.readouterr().err and not (tmp_path / "dry2").exists()
+
+
+def test_phi_scan_reads_tokenizer_vocabularies_token_by_token(model_dir):
+    tok = model_dir / "tokenizer" / "tokenizer.json"
+    data = json.loads(tok.read_text())
+    data["model"]["vocab"]["accession"] = 16993  # a vocabulary word with its id is not an accession number
+    tok.write_text(json.dumps(data))
+    assert scan_for_phi(model_dir) == []
+    data["model"]["vocab"]["##40012345"] = 16994  # a tokenizer trained on reports that kept an MRN
+    tok.write_text(json.dumps(data))
+    assert [f.kind for f in scan_for_phi(model_dir)] == ["MRN-like number token"]

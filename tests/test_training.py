@@ -117,3 +117,32 @@ def test_frozen_text_tower_features_are_cached_with_the_same_losses(tiny_experim
     b = json.loads((tmp_path / "plain" / "train_summary.json").read_text())["train_losses"]
     assert len(built) == 1 and a == pytest.approx(b, abs=1e-5)
     assert MMRadModel.from_pretrained(cached).label_names == tiny_experiment.model.labels.names
+
+
+@pytest.mark.parametrize(
+    "config, pretrained",
+    [
+        ("configs/tiny.yaml", False),
+        ("configs/biomedclip_lora.yaml", True),
+        ("configs/vit_b16_clinicalbert.yaml", True),
+    ],
+)
+def test_shipped_configs_load_and_name_their_weights(config, pretrained):
+    from mmrad.config import load_config
+    from mmrad.training.loop import _names_pretrained_weights
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / config)
+    assert _names_pretrained_weights(cfg.model) is pretrained
+
+
+@pytest.mark.slow
+def test_biomedclip_from_the_hub_builds_and_runs():
+    """Needs the network (--runslow): the real-scale config loads BiomedCLIP's towers through from_towers."""
+    from mmrad.config import load_config
+    from mmrad.training.loop import build_model
+    from tests.conftest import REPO
+
+    model = build_model(load_config(REPO / "configs" / "biomedclip_lora.yaml"))
+    pixels = torch.zeros(1, 3, 224, 224)
+    assert model.classify(pixels).shape == (1, len(model.label_names))

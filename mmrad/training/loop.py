@@ -60,7 +60,7 @@ def build_model(cfg: ExperimentConfig):
                 f"train.init_from {cfg.train.init_from}: its findings {model.label_names} differ from the config's"
             )
         model.config.loss = cfg.model.loss  # the stage's loss weights; the architecture comes from the folder
-    elif cfg.model.vision.pretrained or (cfg.model.text.name_or_path and not cfg.model.text.hf_config):
+    elif _names_pretrained_weights(cfg.model):
         model = MMRadModel.from_towers(cfg.model)
     else:
         model = MMRadModel(cfg.model)
@@ -73,6 +73,17 @@ def build_model(cfg: ExperimentConfig):
     if cfg.train.gradient_checkpointing:
         model.set_grad_checkpointing(True)
     return model
+
+
+def _names_pretrained_weights(model_cfg) -> bool:
+    """The config asks for pretrained towers: an open_clip tag or file, an hf-hub:/local-dir: model, or a text
+    encoder named by id or folder without a config dict to build it from."""
+    vision, text = model_cfg.vision, model_cfg.text
+    return bool(
+        vision.pretrained
+        or str(vision.model_name or "").startswith(("hf-hub:", "local-dir:"))
+        or (text.source == "hf" and text.name_or_path and not text.hf_config)
+    )
 
 
 def _selection_score(metrics: dict) -> tuple[str, float]:

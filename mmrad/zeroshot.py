@@ -100,6 +100,14 @@ class TextEmbeddingCache:
         return torch.stack([self._memory[(key, t)] for t in texts]).to(self.model.device)
 
 
+def default_bank(model) -> str | Path:
+    """The prompt bank saved with the model (``prompt_bank.yaml`` in its folder), else the shipped CheXpert bank."""
+    folder = Path(model.name_or_path) if getattr(model, "name_or_path", None) else None
+    if folder is not None and (folder / "prompt_bank.yaml").is_file():
+        return folder / "prompt_bank.yaml"
+    return "chexpert"
+
+
 def query_prompts(query: str, bank: PromptBank) -> FindingPrompts:
     """Positive and negative phrasings of a query: the bank's when the query names one of its findings, else the
     query in the templates; a negated query keeps its wording and is negated by dropping the negation."""
@@ -133,7 +141,8 @@ class ZeroShotClassifier:
     Args:
         model: an :class:`~mmrad.models.modeling.MMRadModel` (eval mode is set here).
         scorer: ``"fusion"`` or ``"contrastive"``.
-        prompts: a prompt bank or its name/path (default: the shipped CheXpert bank).
+        prompts: a prompt bank or its name/path (default: the model folder's ``prompt_bank.yaml``, else the shipped
+            CheXpert bank).
         mode: for the contrastive scorer, ``"pairwise"`` (positive vs negative per query) or ``"classes"``.
         cache_dir: keep text embeddings on disk across runs.
     """
@@ -145,7 +154,7 @@ class ZeroShotClassifier:
             raise MMRadError(f"mode must be 'pairwise' or 'classes', got {mode!r}")
         self.model = model.eval()
         self.scorer, self.mode = scorer, mode
-        self.bank = prompts if isinstance(prompts, PromptBank) else load_prompt_bank(prompts or "chexpert")
+        self.bank = prompts if isinstance(prompts, PromptBank) else load_prompt_bank(prompts or default_bank(model))
         self.text_cache = TextEmbeddingCache(model, cache_dir)
 
     def query_set(self, queries: list[str]) -> QuerySet:

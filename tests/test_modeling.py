@@ -224,7 +224,9 @@ def test_save_load_round_trip(tmp_path, tiny_config, kind):
     with torch.no_grad():
         before = model(**batch)
     folder = model.save_pretrained(tmp_path / "model")
-    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "tokenizer"}
+    assert {p.name for p in folder.iterdir()} == {
+        "config.json", "model.safetensors", "tokenizer", "prompt_bank.yaml", "README.md"
+    }  # fmt: skip
     loaded = MMRadModel.from_pretrained(folder)
     assert not loaded.training and loaded.label_names == model.label_names
     with torch.no_grad():

@@ -36,6 +36,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 TOKENIZER_DIR = "tokenizer"
+PROMPT_BANK_NAME = "prompt_bank.yaml"
 MODEL_TYPE = "mmrad"
 META_KEYS = ("model_type", "mmrad_version", "label_names", "lora", "adapter_only", "base_model")
 
@@ -84,8 +85,33 @@ def save_model(model, save_directory: str | Path, *, adapter_only: bool = False,
     save_file(state, str(out / (ADAPTER_WEIGHTS_NAME if adapter_only else WEIGHTS_NAME)), metadata={"format": "pt"})
     if hasattr(model.tokenizer, "save_pretrained"):
         model.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+    write_prompt_bank(model, out)
+    from mmrad.cards import write_card  # the card reads metrics.json / data_summary.json when the folder has them
+
+    write_card(out)
     logger.info("saved %s%s to %s", "adapters of " if adapter_only else "", type(model).__name__, out)
     return out
+
+
+def write_prompt_bank(model, out: Path) -> Path:
+    """``prompt_bank.yaml``: the zero-shot phrasings of the model's findings (the shipped CheXpert bank's where it has
+    the finding, else the finding's description), used by default when this model scores free text."""
+    import yaml
+
+    from mmrad.prompts import load_prompt_bank
+
+    shipped = load_prompt_bank("chexpert")
+    findings = {}
+    for name, description in zip(model.label_names, model.label_descriptions, strict=True):
+        if name in shipped.findings:
+            p = shipped.findings[name]
+            findings[name] = {"templates": False, "positive": p.positive, "negative": p.negative}
+        else:
+            findings[name] = {"positive": [description]}
+    bank = {"name": f"{MODEL_TYPE}-findings", "templates": shipped.templates, "findings": findings}
+    path = out / PROMPT_BANK_NAME
+    path.write_text(yaml.safe_dump(bank, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def resolve_folder(name_or_path: str | Path, revision: str | None = None) -> Path:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -108,6 +110,7 @@ def read_dicom(
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    check_file(path)
     try:
         ds = pydicom.dcmread(path, force=not _has_preamble(path))
     except FileNotFoundError as err:
@@ -120,6 +123,26 @@ def read_dicom(
         raise MMRadImageError(path, f"not a readable DICOM file ({_short(err)})") from err
     _infer_transfer_syntax(ds)
     return _pixels_from_dataset(ds, path, window=window, frame=frame, invert=invert_monochrome1, salt=salt)
+
+
+def check_file(path: str | PathLike) -> None:
+    """Raise :class:`MMRadImageError` unless ``path`` is an existing regular file (or a link to one).
+
+    Opening a FIFO or a device would block or read forever: archives copied with their special files must not
+    hang an ingest.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError as err:
+        raise MMRadImageError(path, "file not found") from err
+    except PermissionError as err:
+        raise MMRadImageError(path, "permission denied") from err
+    except OSError as err:
+        raise MMRadImageError(path, f"cannot read file ({err.strerror or err})") from err
+    if stat.S_ISDIR(mode):
+        raise MMRadImageError(path, "is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise MMRadImageError(path, "not a regular file (a FIFO, socket or device)")
 
 
 def _has_preamble(path: str | PathLike) -> bool:
@@ -287,7 +310,7 @@ def _first(value) -> float:
     return float(value)
 
 
-def _pixel_spacing(ds, path) -> tuple[float, float] | None:
+def _pixel_spacing(ds) -> tuple[float, float] | None:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         value = ds.get(keyword)
         if value is None:
@@ -298,7 +321,8 @@ def _pixel_spacing(ds, path) -> tuple[float, float] | None:
             continue
         if all(math.isfinite(s) and s > 0 for s in spacing):
             return spacing
-    logger.warning("%s: pixel spacing missing or zero; physical sizes are unknown for this image", path)
+    # no path in the message: archive paths often hold patient names, and logs travel further than the data
+    logger.warning("a DICOM file without a valid pixel spacing: physical sizes (mm) are unknown for such images")
     return None
 
 
@@ -318,7 +342,7 @@ def _meta(ds, path, rows, columns, photometric, bits_stored, tsyntax, frames, ap
         body_part=_text(ds, "BodyPartExamined"),
         rows=rows,
         columns=columns,
-        pixel_spacing=_pixel_spacing(ds, path),
+        pixel_spacing=_pixel_spacing(ds),
         photometric_interpretation=photometric,
         bits_stored=bits_stored,
         transfer_syntax=str(tsyntax) if tsyntax else None,

@@ -73,6 +73,36 @@ def quiet_datasets():
             ds_logging.enable_progress_bar()
 
 
+class _OncePerMessage(logging.Filter):
+    """Let the first warning of each kind through: one per image would flood the log of a large ingest."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[tuple[str, object]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.msg)
+        if record.levelno < logging.WARNING or key not in self.seen:
+            self.seen.add(key)
+            return True
+        return False
+
+
+@contextmanager
+def warnings_once(names=("mmrad.data.dicom", "mmrad.data.images")):
+    """Within the block, each warning message of the readers' loggers is shown once (worker processes started in
+    the block inherit the filter and show each once too)."""
+    once = _OncePerMessage()
+    loggers = [logging.getLogger(name) for name in names]
+    for log in loggers:
+        log.addFilter(once)
+    try:
+        yield
+    finally:
+        for log in loggers:
+            log.removeFilter(once)
+
+
 # --------------------------------------------------------------------------------------------------------- decoding
 
 
@@ -192,7 +222,7 @@ def decode_shards(shards: list[Shard], opts: DecodeOptions, cache: Path, num_pro
         return 0
     cache.mkdir(parents=True, exist_ok=True)
     total = sum(len(s.items) for s in todo)
-    with tqdm(total=total, desc="decoding images", unit="img", disable=not progress) as bar:
+    with warnings_once(), tqdm(total=total, desc="decoding images", unit="img", disable=not progress) as bar:
         if num_proc <= 1:
             import torch
 

@@ -13,7 +13,7 @@ from os import PathLike
 
 import numpy as np
 
-from mmrad.data.dicom import DicomMeta, Window, is_dicom, read_dicom
+from mmrad.data.dicom import DicomMeta, Window, check_file, is_dicom, read_dicom
 from mmrad.errors import MMRadImageError
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def load_image(
     Raises:
         MMRadImageError: the file is missing, unreadable, not an image, truncated or empty.
     """
+    check_file(path)
     try:
         with open(path, "rb") as f:
             head = f.read(16)

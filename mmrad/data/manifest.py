@@ -166,6 +166,7 @@ def manifest_from_folder(root: str | PathLike, out: str | PathLike | None = None
     """
     root = Path(root)
     records = []
+    without_images = 0
     for folder, dirs, files in sorted(os.walk(root)):
         dirs.sort()
         if "report.txt" not in files:
@@ -176,7 +177,7 @@ def manifest_from_folder(root: str | PathLike, out: str | PathLike | None = None
             continue
         images = [f for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES) or "." not in f]
         if not images:
-            logger.warning("study folder %s has a report but no images", rel)
+            without_images += 1  # counted, not named: the folder names are patient ids
         for name in images:
             records.append(
                 {
@@ -186,6 +187,8 @@ def manifest_from_folder(root: str | PathLike, out: str | PathLike | None = None
                     "study_id": rel.as_posix(),
                 }
             )
+    if without_images:
+        logger.warning("%d study folder(s) under %s have a report.txt but no images", without_images, root)
     if out is not None:
         out = Path(out)
         prefix = Path(os.path.relpath(root, out.parent))

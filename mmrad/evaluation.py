@@ -60,8 +60,11 @@ def slug(name: str) -> str:
     return "".join(c.lower() if c.isalnum() else "_" for c in name).strip("_")
 
 
-def _grounding_extra(model, size: int):
-    """``predict`` hook: per sample, the attention and cosine maps of every finding query at the input's size."""
+def _grounding_extra(model, size: int, smooth: float = 0.5):
+    """``predict`` hook: per sample, the attention and cosine maps of every finding query at the input's size,
+    smoothed as :func:`mmrad.grounding.ground` smooths the maps it returns (Gaussian, ``smooth`` patches)."""
+    from mmrad.grounding import _gaussian_blur
+
     plain = model
 
     def extra(batch: dict, out) -> dict[str, torch.Tensor]:
@@ -75,6 +78,9 @@ def _grounding_extra(model, size: int):
             F.interpolate(m.float(), size=(size, size), mode="bilinear", align_corners=False)
             for m in (attention, cosine)
         ]
+        if smooth > 0:
+            sigma = smooth * size / max(grid)
+            up = [_gaussian_blur(m.flatten(0, 1)[:, None], sigma).view_as(m) for m in up]
         return {
             "attention": up[0],
             "cosine": up[1],
@@ -103,7 +109,7 @@ def boxes_to_masks(boxes: list[list[dict]], names: list[str], size: int) -> tupl
     return masks, valid
 
 
-def _zero_shot_extra(classifier, qs):
+def _zero_shot_extra(classifier, qs, tag: str):
     """``predict`` hook: zero-shot probabilities of both scorers from the forward pass's features."""
 
     def extra(batch: dict, out) -> dict[str, torch.Tensor]:
@@ -111,7 +117,7 @@ def _zero_shot_extra(classifier, qs):
         scores = {}
         for scorer in ("fusion", "contrastive"):
             classifier.scorer = scorer
-            scores[f"zero_shot_{scorer}"] = classifier.score_features(features, qs)
+            scores[f"{tag}_{scorer}"] = classifier.score_features(features, qs)
         return scores
 
     return extra
@@ -165,8 +171,8 @@ def evaluate_corpus(
         batch_size: images per forward pass.
         n_bootstrap: resamples for the confidence intervals.
         threshold: F1 decision threshold.
-        zero_shot_prompts: a prompt bank (name, path or :class:`~mmrad.prompts.PromptBank`) for the ``zero_shot``
-            block; None leaves it out.
+        zero_shot_prompts: a prompt bank (name, path or :class:`~mmrad.prompts.PromptBank`), or a list of them, for
+            the ``zero_shot`` block (the first) and ``zero_shot_more`` (the others); None leaves them out.
         progress: show a progress bar.
     """
     from accelerate import Accelerator
@@ -198,17 +204,20 @@ def evaluate_corpus(
     hooks = []
     if has_masks or has_boxes:
         hooks.append(_grounding_extra(plain, plain.config.preprocess.image_size))
-    bank = None
+    banks = []  # (tag, bank, findings)
     if zero_shot_prompts is not None:
         from mmrad.prompts import PromptBank, load_prompt_bank
         from mmrad.zeroshot import ZeroShotClassifier
 
-        bank = zero_shot_prompts if isinstance(zero_shot_prompts, PromptBank) else load_prompt_bank(zero_shot_prompts)
-        zs_names = [n for n in bank.names if n in names]
-        if not zs_names:
-            raise MMRadError(f"prompt bank {bank.name!r} has none of the model's findings {names}")
-        classifier = ZeroShotClassifier(plain, "fusion", bank)
-        hooks.append(_zero_shot_extra(classifier, classifier.query_set(zs_names)))
+        given = zero_shot_prompts if isinstance(zero_shot_prompts, list | tuple) else [zero_shot_prompts]
+        for i, item in enumerate(given):
+            bank = item if isinstance(item, PromptBank) else load_prompt_bank(item)
+            zs_names = [n for n in bank.names if n in names]
+            if not zs_names:
+                raise MMRadError(f"prompt bank {bank.name!r} has none of the model's findings {names}")
+            classifier = ZeroShotClassifier(plain, "fusion", bank)
+            hooks.append(_zero_shot_extra(classifier, classifier.query_set(zs_names), f"zero_shot{i}"))
+            banks.append((f"zero_shot{i}", bank, zs_names))
 
     def extra(batch, output):
         return {k: v for hook in hooks for k, v in hook(batch, output).items()}
@@ -228,15 +237,18 @@ def evaluate_corpus(
         metrics["retrieval"] = retrieval.compute()
     if has_masks or has_boxes:
         metrics["grounding"] = {"source": "masks" if has_masks else "boxes", **grounding_block(pred, names)}
-    if bank is not None:
+    for i, (tag, bank, zs_names) in enumerate(banks):
         columns = [names.index(n) for n in zs_names]
         block = {"prompts": bank.name, "findings": zs_names}
         for scorer in ("fusion", "contrastive"):
             metric = load_metric("multilabel_classification")
-            metric.add_batch(predictions=pred.extra[f"zero_shot_{scorer}"].tolist(),
+            metric.add_batch(predictions=pred.extra[f"{tag}_{scorer}"].tolist(),
                              references=pred.labels[:, columns].tolist())  # fmt: skip
             block[scorer] = metric.compute(names=zs_names, threshold=threshold, n_bootstrap=n_bootstrap)
-        metrics["zero_shot"] = block
+        if i == 0:
+            metrics["zero_shot"] = block
+        else:  # further banks (e.g. a stricter held-out family) sit beside the first
+            metrics.setdefault("zero_shot_more", {})[bank.name] = block
     out = Path(out)
     if accelerator.is_main_process:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from mmrad.data.images import load_image
-from mmrad.data.synthetic import PHANTOM_FINDINGS, PHANTOM_LABELS, PHANTOM_ZERO_SHOT_PROMPTS, make_phantom_corpus
+from mmrad.data.synthetic import (
+    PHANTOM_FINDINGS,
+    PHANTOM_LABELS,
+    PHANTOM_SYNONYM_PROMPTS,
+    PHANTOM_ZERO_SHOT_PROMPTS,
+    make_phantom_corpus,
+)
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +127,18 @@ def test_reports_state_findings_with_location_negations_and_uncertainty(phantom)
                 assert s.report_labels[name] == 0.0 or math.isnan(s.report_labels[name])
 
 
-def test_zero_shot_family_never_appears_in_training_reports(phantom):
+@pytest.mark.parametrize("family", [PHANTOM_ZERO_SHOT_PROMPTS, PHANTOM_SYNONYM_PROMPTS])
+def test_zero_shot_family_never_appears_in_training_reports_or_queries(phantom, family):
+    from mmrad.demo import load_config
     from mmrad.prompts import prompt_bank_from_dict
 
-    bank = prompt_bank_from_dict(PHANTOM_ZERO_SHOT_PROMPTS)
+    bank = prompt_bank_from_dict(family)
     assert bank.names == PHANTOM_FINDINGS
-    reports = " ".join(s.report.lower() for s in phantom.studies)
+    # the demo's training queries (the findings' descriptions) are not held-out phrasings either
+    from mmrad.demo import DEMO_CONFIG
+
+    queries = " ".join(load_config(DEMO_CONFIG).model.labels.descriptions.values()).lower()
+    reports = " ".join(s.report.lower() for s in phantom.studies) + " " + queries
     for finding in PHANTOM_FINDINGS:
         prompts = bank.prompts(finding)
         assert prompts.positive and prompts.negative

@@ -102,9 +102,11 @@ def test_partial_checkpoints_are_never_resumed(tmp_path):
     assert [p.name for p in root.iterdir()] == ["step_00000005"]
 
 
-def test_frozen_text_tower_features_are_cached_with_the_same_losses(tiny_experiment, tmp_path, monkeypatch):
+@pytest.mark.parametrize("local", [0.0, 1.0])
+def test_frozen_text_tower_features_are_cached_with_the_same_losses(tiny_experiment, tmp_path, monkeypatch, local):
     import mmrad.training.data as data
 
+    tiny_experiment.model.loss.local = local  # with the local loss the token states are cached too
     tiny_experiment.train.freeze_text = True
     tiny_experiment.train.max_steps = 3
     real, built = data.ReportFeatures, []

@@ -10,7 +10,8 @@ Consolidation (a patchy lobar opacity with air bronchograms); small vessel dots 
 follows the radiological convention: the patient's right is the image's left.
 
 Reports come from varied templates with negations, uncertainty and locations, consistent with the image. A second
-phrasing family, :data:`PHANTOM_ZERO_SHOT_PROMPTS`, never appears in the reports and serves zero-shot checks.
+phrasing family, :data:`PHANTOM_ZERO_SHOT_PROMPTS`, never appears in the reports and serves zero-shot checks;
+:data:`PHANTOM_SYNONYM_PROMPTS` is a stricter one of pure synonyms.
 Everything is deterministic for a seed.
 """
 
@@ -30,10 +31,49 @@ from mmrad.data.phantom_draw import WORK_SIZE, anatomy, render, upsample
 PHANTOM_FINDINGS = ["Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Lung Lesion", "Consolidation"]
 PHANTOM_LABELS = ["No Finding", *PHANTOM_FINDINGS]  # the ground-truth columns of the phantom manifest
 
-# Held-out phrasings, never used in the training reports; the shape of a prompt bank (mmrad.prompts) with
-# templates off, so `prompt_bank_from_dict(PHANTOM_ZERO_SHOT_PROMPTS)` turns it into one.
+# Held-out phrasings for zero-shot checks, in the shape of a prompt bank (mmrad.prompts) with templates off, so that
+# `prompt_bank_from_dict(PHANTOM_ZERO_SHOT_PROMPTS)` turns it into one. A second template family: sentence frames and
+# modifiers never used in the training reports or queries ("a pneumothorax is seen at the apex", "a rounded pulmonary
+# nodule"), around the findings' clinical terms.
 PHANTOM_ZERO_SHOT_PROMPTS = {
     "name": "phantom-heldout",
+    "findings": {
+        "Cardiomegaly": {
+            "templates": False,
+            "positive": ["the cardiac silhouette is enlarged", "cardiomegaly seen on this radiograph",
+                         "the heart appears enlarged"],
+            "negative": ["the cardiac silhouette is normal", "no enlargement of the heart"],
+        },
+        "Pleural Effusion": {
+            "templates": False,
+            "positive": ["a pleural effusion is seen", "pleural fluid collection", "effusion at the lung base"],
+            "negative": ["no effusion is seen", "the costophrenic angles are sharp"],
+        },
+        "Pneumothorax": {
+            "templates": False,
+            "positive": ["a pneumothorax is seen at the apex", "the lung is partly collapsed by a pneumothorax",
+                         "pneumothorax at the lung apex"],
+            "negative": ["no pneumothorax is seen", "the lungs are fully expanded"],
+        },
+        "Lung Lesion": {
+            "templates": False,
+            "positive": ["a rounded pulmonary nodule", "a solitary nodule in the lung",
+                         "a nodular lesion in the lung"],
+            "negative": ["no nodule is seen", "no focal lung lesion"],
+        },
+        "Consolidation": {
+            "templates": False,
+            "positive": ["consolidation of one lobe", "dense consolidation in the lung", "a consolidated lobe"],
+            "negative": ["the lungs are clear without consolidation", "no airspace consolidation"],
+        },
+    },
+}  # fmt: skip
+
+# A stricter held-out family: synonyms that share no clinical term with the training reports ("air in the pleural
+# space" for a pneumothorax). Only a text tower that already knows radiology (a biomedical encoder) can map them;
+# the demo reports it beside the template family, as the harder check.
+PHANTOM_SYNONYM_PROMPTS = {
+    "name": "phantom-synonyms",
     "findings": {
         "Cardiomegaly": {
             "templates": False,

@@ -83,6 +83,7 @@ class ReportFeatures:
                           leave=False):  # fmt: skip
                 enc = model.tokenize(unique[i : i + batch_size])
                 p, t, m = model.text_features(enc["input_ids"], enc["attention_mask"])
+                m = m.bool() & ~torch.isin(enc["input_ids"], model.special_token_ids)  # the local loss's words
                 pooled.append(p.cpu())
                 if self.with_tokens:  # padded to one length for storage
                     pad = model.config.text.max_length - t.shape[1]
@@ -95,7 +96,8 @@ class ReportFeatures:
         logger.info("cached text features of %d reports (%d distinct)", len(texts), len(unique))
 
     def take(self, row_index: torch.Tensor, device) -> tuple:
-        """``text_features`` for a batch of dataset rows, as :meth:`MMRadModel.forward` takes them."""
+        """``text_features`` for a batch of dataset rows, as :meth:`MMRadModel.forward` takes them (the mask already
+        leaves out special tokens, so ``input_ids`` are not needed)."""
         idx = self.row_to_text[row_index.cpu()]
         pooled = self.pooled[idx].to(device)
         if self.tokens is None:  # the local loss is off: token states are not used

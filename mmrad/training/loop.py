@@ -195,6 +195,9 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
     while not stop:
         epoch, skip = divmod(state["step"], steps_per_epoch)
         sampler.set_epoch(epoch)
+        # accelerate's loader re-sets its sampler's epoch from its own counter at each iteration (and the loader
+        # that skips a resumed epoch's first batches copies that counter): a resumed run must set it too
+        train_loader.set_epoch(epoch)
         loader = train_loader
         if skip:
             loader = accelerator.skip_first_batches(train_loader, skip * cfg.train.gradient_accumulation_steps)
@@ -202,8 +205,7 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
             with accelerator.accumulate(model):
                 reports = {}
                 if text_cache is not None:
-                    reports = {"input_ids": batch["input_ids"],
-                               "text_features": text_cache.take(batch["row_index"], accelerator.device)}  # fmt: skip
+                    reports = {"text_features": text_cache.take(batch["row_index"], accelerator.device)}
                 elif reads_reports:
                     reports = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
                 output = model(pixel_values=batch["pixel_values"], labels=batch["labels"], **reports)

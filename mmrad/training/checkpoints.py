@@ -92,6 +92,7 @@ def save_checkpoint(accelerator, root: str | Path, step: int, trainer_state: dic
         os.replace(tmp, final)
         _fsync_dir(root)
         for old in complete_checkpoints(root)[:-keep_last]:
+            (old / MARKER).unlink(missing_ok=True)  # a kill during the delete leaves no half folder marked complete
             shutil.rmtree(old, ignore_errors=True)
         logger.info("saved checkpoint %s", final.name)
     accelerator.wait_for_everyone()

@@ -39,7 +39,7 @@ def roc_plots(pred: Predictions, names: list[str], folder: Path, title: str = ""
     for k, name in enumerate(names):
         valid = np.isin(pred.labels[:, k], (0.0, 1.0))
         y, s = pred.labels[valid, k], pred.probs[valid, k]
-        if y.min(initial=1) == y.max(initial=0):
+        if not len(y) or y.min() == y.max():  # no labelled rows, or one class only: no curve
             continue
         fpr, tpr, _ = roc_curve(y, s)
         fig, ax = plt.subplots(figsize=(4, 4), dpi=100)

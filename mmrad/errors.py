@@ -16,3 +16,7 @@ class MMRadImageError(MMRadError, ValueError):
         self.path = None if path is None else str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}" if self.path else reason)
+
+
+class UnsafeFileError(MMRadError, ValueError):
+    """A weights file that would run code when loaded (a pickle holding more than tensors): refused, never loaded."""

@@ -215,12 +215,15 @@ class MMRadModel(nn.Module):
         return save_model(self, save_directory, adapter_only=adapter_only, base_model=base_model)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, *, revision: str | None = None) -> MMRadModel:
+    def from_pretrained(
+        cls, name_or_path: str | Path, *, revision: str | None = None, trust_remote_code: bool = False
+    ) -> MMRadModel:
         """Load a folder (or Hub repo) written by :meth:`save_pretrained`; strict: a missing or unexpected weight is
-        an error. See :func:`mmrad.models.serialization.load_model`."""
+        an error; a folder asking for ``trust_remote_code`` loads only when it is passed here too. See
+        :func:`mmrad.models.serialization.load_model`."""
         from mmrad.models.serialization import load_model
 
-        return load_model(cls, name_or_path, revision=revision)
+        return load_model(cls, name_or_path, revision=revision, trust_remote_code=trust_remote_code)
 
     # ------------------------------------------------------------------------------------------------------------
     # Encoders

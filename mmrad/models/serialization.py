@@ -128,23 +128,71 @@ def resolve_folder(name_or_path: str | Path, revision: str | None = None) -> Pat
 
 
 def read_config(folder: Path) -> tuple[dict, MMRadConfig]:
-    """``(meta, config)`` from a folder's ``config.json``."""
+    """``(meta, config)`` from a folder's ``config.json``; a folder written by a newer mmrad is refused."""
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{folder}: no {CONFIG_NAME} (not an mmrad model folder)")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("model_type") != MODEL_TYPE:
-        raise CheckpointError(f"{path}: model_type is {data.get('model_type')!r}, not {MODEL_TYPE!r}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not a valid JSON config ({err})") from err
+    if not isinstance(data, dict) or data.get("model_type") != MODEL_TYPE:
+        found = data.get("model_type") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{path}: model_type is {found!r}, not {MODEL_TYPE!r}")
+    _check_version(path, data.get("mmrad_version"))
     meta = {k: data.pop(k, None) for k in META_KEYS}
     return meta, MMRadConfig.from_dict(data)
 
 
-def load_model(cls, name_or_path: str | Path, *, revision: str | None = None):
-    """Load a folder written by :func:`save_model` (see the module docstring)."""
+def _check_version(path: Path, written_by) -> None:
+    """A folder from a newer mmrad may hold settings this version would misread: refuse it, naming both versions."""
+    from packaging.version import InvalidVersion, Version
+
+    if written_by is None:
+        return
+    try:
+        newer = Version(str(written_by)) > Version(__version__)
+    except InvalidVersion:
+        raise CheckpointError(f"{path}: unreadable mmrad_version {written_by!r}") from None
+    if newer:
+        raise CheckpointError(
+            f"{path}: written by mmrad {written_by}, newer than this mmrad {__version__}; upgrade mmrad to load it"
+        )
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A folder's safetensors weights; pickle weight files are never loaded, and are named when they are all there
+    is."""
+    if not path.is_file():
+        pickles = sorted(p.name for p in path.parent.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        if pickles:
+            raise CheckpointError(
+                f"{path.parent}: {path.name} is missing; refusing {', '.join(pickles)}: pickle files can run code "
+                "when loaded, and mmrad loads weights from safetensors only (convert weights you trust with "
+                "safetensors.torch.save_file)"
+            )
+        raise CheckpointError(f"{path.parent}: {path.name} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own SafetensorError (header, size) or OSError
+        raise CheckpointError(f"{path}: not a valid safetensors file ({err})") from err
+
+
+def load_model(cls, name_or_path: str | Path, *, revision: str | None = None, trust_remote_code: bool = False):
+    """Load a folder written by :func:`save_model` (see the module docstring).
+
+    A folder's ``config.json`` cannot switch on ``text.trust_remote_code`` by itself (it would run code from a
+    repository the folder names): the caller must pass ``trust_remote_code=True`` as well.
+    """
     from mmrad.models.lora import apply_lora
 
     folder = resolve_folder(name_or_path, revision)
     meta, config = read_config(folder)
+    if config.text.trust_remote_code and not trust_remote_code:
+        raise CheckpointError(
+            f"{folder / CONFIG_NAME}: the model asks for text.trust_remote_code, which runs code from the text "
+            "tower's repository; pass trust_remote_code=True to from_pretrained only if you trust it"
+        )
     tokenizer_name = config.text.tokenizer
     if (folder / TOKENIZER_DIR).is_dir():
         config.text.tokenizer = str(folder / TOKENIZER_DIR)  # the saved copy wins; the config keeps the name
@@ -153,9 +201,7 @@ def load_model(cls, name_or_path: str | Path, *, revision: str | None = None):
     if meta["lora"] is not None:
         apply_lora(model, LoraSettings(**meta["lora"]))
     name = ADAPTER_WEIGHTS_NAME if meta["adapter_only"] else WEIGHTS_NAME
-    if not (folder / name).is_file():
-        raise CheckpointError(f"{folder}: {name} is missing")
-    state = load_file(str(folder / name))
+    state = _load_weights(folder / name)
     if meta["adapter_only"]:
         from mmrad.models.lora import adapter_state_dict
 
@@ -193,9 +239,7 @@ def _base_for_adapters(cls, config: MMRadConfig, base_model: str | None, revisio
     base_meta, _ = read_config(base)
     if base_meta["adapter_only"] or base_meta["lora"] is not None:
         raise CheckpointError(f"{base}: the base of adapters must be a full model without LoRA (merge_lora it)")
-    if not (base / WEIGHTS_NAME).is_file():
-        raise CheckpointError(f"{base}: {WEIGHTS_NAME} is missing")
-    state = load_file(str(base / WEIGHTS_NAME))
+    state = _load_weights(base / WEIGHTS_NAME)
     towers = {k: v for k, v in state.items() if is_tower_parameter(k)}
     expected = {k for k in model.state_dict() if is_tower_parameter(k)}
     _check_keys(base / WEIGHTS_NAME, expected, set(towers))

@@ -33,6 +33,7 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from mmrad.config import ConfigError, TextConfig, VisionConfig
+from mmrad.errors import UnsafeFileError
 from mmrad.models.tokenizer import OpenCLIPTokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -373,8 +374,51 @@ def build_tokenizer(text: TextConfig, model_cfg: dict | None, *, local_files_onl
 # ----------------------------------------------------------------------------------------------------------------
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_tensor_file(path: str | Path) -> None:
+    """Refuse a local pickle weights file unless it loads as plain tensors (``torch.load(weights_only=True)``).
+
+    open_clip loads pickle checkpoints with ``weights_only=True`` but retries without it when that raises a
+    ``TypeError``; checking here first means no pickle file a user names can ever be unpickled in full. safetensors
+    files hold no code and pass unchecked.
+
+    Raises:
+        UnsafeFileError: the file holds objects other than tensors (code could run), or is not a torch file.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return
+    try:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # lazy: tensors are not read
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) torch file
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UnsafeFileError(
+            f"{path}: refused: not a plain tensor file ({type(err).__name__}: {reason}). A pickle file can run code "
+            "when loaded, so mmrad loads only tensors from it; convert weights you trust to safetensors"
+        ) from None
+
+
+def _check_local_weights(vision: VisionConfig) -> None:
+    """Every local pickle file open_clip would load for ``vision`` holds tensors only."""
+    if vision.pretrained is not None and Path(vision.pretrained).is_file():
+        check_tensor_file(vision.pretrained)
+    if vision.model_name is not None and vision.model_name.startswith("local-dir:"):
+        folder = Path(vision.model_name.removeprefix("local-dir:"))
+        for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+            if path.suffix in PICKLE_SUFFIXES:
+                check_tensor_file(path)
+
+
 def _open_clip_with_weights(vision: VisionConfig, model_cfg: dict) -> nn.Module | None:
     """The full open_clip model with its pretrained weights, or None when no weights are named."""
+    _check_local_weights(vision)
     if vision.model_name is not None and (
         vision.model_name.startswith(("hf-hub:", "local-dir:")) or vision.pretrained is not None
     ):
@@ -439,12 +483,20 @@ def load_pretrained_towers(
             tower = TextTower(module, "open_clip_hf" if isinstance(module, HFTextEncoder) else "open_clip")
             tokenizer = build_tokenizer(text, model_cfg, local_files_only=False)
     elif text.name_or_path is not None:
+        import pickle
+
         logger.info("loading text encoder %s", text.name_or_path)
-        encoder = AutoModel.from_pretrained(
-            text.name_or_path,
-            trust_remote_code=text.trust_remote_code,
-            local_files_only=_is_local(text.name_or_path),
-        )
+        try:
+            encoder = AutoModel.from_pretrained(
+                text.name_or_path,
+                trust_remote_code=text.trust_remote_code,
+                local_files_only=_is_local(text.name_or_path),
+            )  # pickle weights (pytorch_model.bin) are read with weights_only=True
+        except pickle.UnpicklingError as err:
+            raise UnsafeFileError(
+                f"model.text.name_or_path {text.name_or_path}: refused: its weights file holds objects other than "
+                "tensors, and a pickle file can run code when loaded; use a model with model.safetensors"
+            ) from err
         tower = TextTower(encoder, "hf", text.pooler)
         tokenizer = build_tokenizer(text, None, local_files_only=_is_local(text.tokenizer or text.name_or_path))
     else:

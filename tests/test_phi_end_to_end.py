@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ PATIENTS = 12
 CANARIES = [
     "Canarysmith", "Quentin", "Wilhelmina", "Drcanary", "Ottoline", "Canaryjones", "Canaryville",
     "48151623", "19420317", "1942-03-17", "03/17/2042", "March 18, 2042", "CNRYACC", "CNRY-PID", "555-867-5309",
+    "CNRYUID",
 ]  # fmt: skip
 CLINICAL = ["Small right pleural effusion.", "No pneumothorax.", "Heart size is normal."]
 
@@ -54,11 +56,16 @@ def _write_source(root: Path) -> Path:
         folder = root / f"Canarysmith_Quentin_48151623{p:02d}"  # archives name folders after patients
         folder.mkdir(parents=True)
         pixels = rng.integers(0, 4096, (40, 40), dtype=np.uint16)
-        write_dicom(folder / "IM0001.dcm", pixels, bits_stored=12, Modality="CR", ViewPosition="PA",
-                    PatientName=f"Canarysmith^Quentin^{p}", PatientID=f"CNRY-PID-48151623{p:02d}",
-                    PatientBirthDate="19420317", AccessionNumber=f"CNRYACC{p:04d}",
-                    InstitutionName="Canaryville General Hospital", ReferringPhysicianName="Drcanary^Wilhelmina",
-                    StudyDescription="Canarysmith chest")  # fmt: skip
+        # the first patient's ids are invalid for their VRs: pydicom warns with the value when it reads them
+        pid = f"CNRY-PID-48151623{p:02d}" + ("9" * 70 if p == 0 else "")
+        broken = {"StudyInstanceUID": "1.2.CNRYUID.48151623"} if p == 0 else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            write_dicom(folder / "IM0001.dcm", pixels, bits_stored=12, Modality="CR", ViewPosition="PA",
+                        PatientName=f"Canarysmith^Quentin^{p}", PatientID=pid,
+                        PatientBirthDate="19420317", AccessionNumber=f"CNRYACC{p:04d}",
+                        InstitutionName="Canaryville General Hospital", ReferringPhysicianName="Drcanary^Wilhelmina",
+                        StudyDescription="Canarysmith chest", **broken)  # fmt: skip
         Image.fromarray(rng.integers(0, 255, (40, 32), dtype=np.uint8)).save(folder / "lateral.png")
         for k, name in enumerate(("IM0001.dcm", "lateral.png")):
             rows.append({"image": str((folder / name).relative_to(root)), "report": _report(2 * p + k),

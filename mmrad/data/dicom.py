@@ -16,6 +16,7 @@ import math
 import os
 import stat
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
 from typing import Literal
@@ -104,25 +105,47 @@ def read_dicom(
         ``(pixels, meta)``: pixels of shape (Rows, Columns), or (Rows, Columns, 3) for colour.
 
     Raises:
-        MMRadImageError: not DICOM, no pixel data, codec missing, truncated data, frame out of range, empty image,
-            unsupported photometric interpretation.
+        MMRadImageError: not DICOM, no pixel data, codec missing, truncated data, a damaged header, frame out of
+            range, empty image, unsupported photometric interpretation.
+        ValueError: ``window`` is not one of the accepted values.
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
+    if not (isinstance(window, tuple | list) and len(window) == 2) and window not in ("auto", "none", "minmax"):
+        raise ValueError(f"window must be 'auto', 'none', 'minmax' or (center, width), got {window!r}")
     check_file(path)
+    with _values_not_validated():
+        try:
+            ds = pydicom.dcmread(path, force=not _has_preamble(path))
+        except FileNotFoundError as err:
+            raise MMRadImageError(path, "file not found") from err
+        except IsADirectoryError as err:
+            raise MMRadImageError(path, "is a directory, not a file") from err
+        except PermissionError as err:
+            raise MMRadImageError(path, "permission denied") from err
+        except Exception as err:  # pydicom's parser raises many types on damaged files
+            raise MMRadImageError(path, f"not a readable DICOM file ({_short(err)})") from err
+        try:
+            _infer_transfer_syntax(ds)
+            return _pixels_from_dataset(ds, path, window=window, frame=frame, invert=invert_monochrome1, salt=salt)
+        except MMRadImageError:
+            raise
+        except Exception as err:  # elements are parsed when first read: a damaged one fails wherever that is
+            raise MMRadImageError(path, f"damaged DICOM header ({type(err).__name__}: {_short(err)})") from err
+
+
+@contextmanager
+def _values_not_validated():
+    """pydicom checks element values as it reads them and warns with the value itself (a PatientID too long for
+    its VR, a malformed UID): such warnings would put identifiers into logs. mmrad reads only acquisition fields."""
+    from pydicom import config
+
+    mode = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.IGNORE
     try:
-        ds = pydicom.dcmread(path, force=not _has_preamble(path))
-    except FileNotFoundError as err:
-        raise MMRadImageError(path, "file not found") from err
-    except IsADirectoryError as err:
-        raise MMRadImageError(path, "is a directory, not a file") from err
-    except PermissionError as err:
-        raise MMRadImageError(path, "permission denied") from err
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, OverflowError, IndexError) as err:
-        raise MMRadImageError(path, f"not a readable DICOM file ({_short(err)})") from err
-    _infer_transfer_syntax(ds)
-    return _pixels_from_dataset(ds, path, window=window, frame=frame, invert=invert_monochrome1, salt=salt)
+        yield
+    finally:
+        config.settings.reading_validation_mode = mode
 
 
 def check_file(path: str | PathLike) -> None:

@@ -72,6 +72,9 @@ def main(out: str) -> None:
             "grad_max_abs_diff": diffs, "grad_scale": {k: float(g.abs().max()) for k, g in ref_grads.items()},
         }))  # fmt: skip
     accelerator.wait_for_everyone()
+    # tear the gloo group down before the interpreter exits: left to exit-time destructors, a rank can abort
+    # ("terminate called without an active exception") after its work is done
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

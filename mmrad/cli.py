@@ -330,19 +330,33 @@ def _add_zero_shot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="the split of a corpus input (default test)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--cache-dir", metavar="DIR", help="keep query embeddings here across runs")
+    p.add_argument(
+        "--cache-images",
+        metavar="DIR",
+        help="keep image features here across runs: a new query set over the same images skips the image tower",
+    )
     p.add_argument("--out", required=True, metavar="results.csv")
     p.set_defaults(func=_run_zero_shot)
 
 
 def _run_zero_shot(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from mmrad.models.modeling import MMRadModel
     from mmrad.zeroshot import run_zero_shot, write_results_csv
 
+    state = PartialState()  # under `accelerate launch` each process scores a share; rank 0 writes and prints
     model = MMRadModel.from_pretrained(args.model)
     result = run_zero_shot(
         model, args.inputs, args.queries, scorer=args.scorer, prompts=args.prompts, mode=args.mode,
-        batch_size=args.batch_size, split=args.split, cache_dir=args.cache_dir,
+        batch_size=args.batch_size, split=args.split, cache_dir=args.cache_dir, cache_images=args.cache_images,
     )  # fmt: skip
+    if state.use_distributed:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()  # a rank left with a live gloo group may abort at exit
+    if not state.is_main_process:
+        return 0
     write_results_csv(result, args.out)
     width = max(12, *(len(q) for q in result.queries))
     shown = min(len(result.ids), 20)
@@ -492,7 +506,12 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def _one_line(err: BaseException) -> str:
+    from mmrad.errors import MMRadError, is_io_error, os_error_reason
+
     text = " ".join(str(err).split()) or type(err).__name__
+    if is_io_error(err) and not isinstance(err, MMRadError):  # '[Errno 28] ...' -> 'PATH: no space left on device'
+        names = [n for n in (getattr(err, "filename", None), getattr(err, "filename2", None)) if n is not None]
+        text = f"{' -> '.join(map(str, names))}: {os_error_reason(err)}" if names else os_error_reason(err)
     return text if len(text) <= 500 else text[:497] + "..."
 
 

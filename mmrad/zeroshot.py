@@ -14,13 +14,21 @@ negation ("no acute disease") is never templated into "no no acute disease": its
 negation.
 
 Text embeddings are cached, keyed by a hash of the text side's weights and the text: a new query set over the same
-images costs only the new texts' forward passes, a repeated one none (``cache_dir`` keeps them across runs).
+images costs only the new texts' forward passes, a repeated one none (``cache_dir`` keeps them across runs). Image
+features can be cached on disk too (``cache_images``), keyed by a hash of the image side's weights and preprocessing
+and of the image's identity (path, size and mtime; corpus fingerprint and row): a new query set over the same images
+then costs no image forward pass, nor any image decoding.
+
+:func:`run_zero_shot` splits its inputs across the processes of an ``accelerate launch`` (or ``torchrun``) run and
+gathers the results in input order on every rank.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,14 +65,19 @@ class TextEmbeddingCache:
         self._memory: dict[tuple[str, str], torch.Tensor] = {}
         self._key: str | None = None
         self._fingerprint = None
+        self._generation = 0
         self.computed = 0  # texts that went through the text tower (for tests and benchmarks)
 
     def key(self) -> str:
         # in-place updates (optimizer steps, load_state_dict) bump a tensor's version; moves change its pointer
         params = [*self.model.text.parameters(), *self.model.text_proj.parameters()]
         fingerprint = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
-        if fingerprint != self._fingerprint:  # weights changed (or first use): hash them again
-            self._key = weights_key([self.model.text, self.model.text_proj])
+        if fingerprint != self._fingerprint:  # weights changed (or first use)
+            self._generation += 1
+            # only keys on disk must survive the process: hashing a large tower's weights takes a second or more
+            self._key = (
+                weights_key([self.model.text, self.model.text_proj]) if self.cache_dir else f"mem{self._generation}"
+            )
             self._fingerprint = fingerprint
         return self._key
 
@@ -94,10 +107,86 @@ class TextEmbeddingCache:
                 path = self._path(key, text)
                 if path is not None:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".tmp.npy")
+                    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")  # ranks may write the same text
                     np.save(tmp, embed.numpy())
                     tmp.replace(path)
         return torch.stack([self._memory[(key, t)] for t in texts]).to(self.model.device)
+
+
+class ImageFeatureCache:
+    """Image features of one model on disk, one safetensors file per image and feature kind.
+
+    The folder is keyed by a hash of the image side's weights (vision tower, image and patch projections) and of the
+    preprocessing config; the file by a hash of the image's identity: resolved path, size and mtime for files, the
+    corpus split's fingerprint and row for corpus rows. File names hold only hashes (never a path or patient name).
+    """
+
+    def __init__(self, model, cache_dir: str | Path):
+        self.model = model
+        self.cache_dir = Path(cache_dir)
+        self._key: str | None = None
+        self._fingerprint = None
+        self.hits = self.stored = 0  # images read from / written to the cache (for tests and benchmarks)
+
+    def key(self) -> str:
+        modules = [self.model.vision, self.model.image_proj, self.model.patch_proj]
+        fingerprint = tuple((p.data_ptr(), p._version, p.dtype) for m in modules for p in m.parameters())
+        if fingerprint != self._fingerprint:
+            digest = hashlib.sha256(weights_key(modules).encode())
+            digest.update(json.dumps(self.model.config.preprocess.__dict__, sort_keys=True, default=str).encode())
+            self._key, self._fingerprint = digest.hexdigest()[:16], fingerprint
+        return self._key
+
+    @staticmethod
+    def identities(items: list, corpus_split=None) -> list[str]:
+        """A hash per item: what makes its model input (file path + size + mtime, or corpus fingerprint + row)."""
+        corpus = ""
+        if corpus_split is not None:
+            files = [(f["filename"], os.stat(f["filename"]).st_size, os.stat(f["filename"]).st_mtime_ns)
+                     for f in corpus_split.cache_files]  # fmt: skip
+            corpus = f"{corpus_split._fingerprint}|{files}"
+        out = []
+        for item in items:
+            if item.row is not None:
+                ident = f"corpus|{corpus}|{item.row}"
+            else:
+                try:
+                    path = Path(item.path).resolve()
+                    st = path.stat()
+                    ident = f"file|{path}|{st.st_size}|{st.st_mtime_ns}"
+                except OSError:
+                    ident = f"unreadable|{item.path}"
+            out.append(hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()[:32])
+        return out
+
+    def _path(self, identity: str, kind: str) -> Path:
+        return self.cache_dir / self.key() / f"{identity}.{kind}.safetensors"
+
+    def load(self, identity: str, kinds: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+        """The cached features of one image (each kind without the batch dimension), or None on a miss."""
+        from safetensors.torch import load_file
+
+        paths = [self._path(identity, kind) for kind in kinds]
+        if not all(p.is_file() for p in paths):
+            return None
+        try:
+            out = {kind: load_file(str(p))[kind] for kind, p in zip(kinds, paths, strict=True)}
+        except Exception as err:  # a damaged cache file is a miss, never a failed run
+            logger.warning("image feature cache: unreadable entry, recomputing (%s)", type(err).__name__)
+            return None
+        self.hits += 1
+        return out
+
+    def save(self, identity: str, features: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        for kind, tensor in features.items():
+            path = self._path(identity, kind)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file({kind: tensor.detach().to("cpu").contiguous()}, str(tmp))
+            os.replace(tmp, path)
+        self.stored += 1
 
 
 def default_bank(model) -> str | Path:
@@ -160,6 +249,7 @@ class ZeroShotClassifier:
     def query_set(self, queries: list[str]) -> QuerySet:
         return QuerySet(list(queries), [query_prompts(q, self.bank) for q in queries])
 
+    @torch.inference_mode()
     def query_embeddings(self, qs: QuerySet) -> tuple[torch.Tensor, torch.Tensor]:
         """(Q, P) positive and (Q, P) negative ensemble embeddings."""
         texts = [t for p in qs.prompts for t in p.positive + p.negative]
@@ -168,16 +258,27 @@ class ZeroShotClassifier:
         neg = torch.stack([_ensemble(torch.stack([table[t] for t in p.negative])) for p in qs.prompts])
         return pos, neg
 
-    @torch.inference_mode()
-    def image_features(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What the scorers need of a batch of images: the global embedding and the projected patch tokens."""
-        image, patches, grid = self.model._image(pixel_values.to(self.model.device))
-        return {"image": image, "patches": patches}
+    @property
+    def feature_kinds(self) -> tuple[str, ...]:
+        """The image features the scorer reads: the projected patch tokens (fusion) or the global embedding."""
+        return ("patches",) if self.scorer == "fusion" else ("image",)
 
     @torch.inference_mode()
-    def score_features(self, features: dict[str, torch.Tensor], qs: QuerySet) -> torch.Tensor:
-        """(B, Q) probabilities from :meth:`image_features` output."""
-        pos, neg = self.query_embeddings(qs)
+    def image_features(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the scorer needs of a batch of images: ``{"image": (B, P)}`` (contrastive, L2-normalised) or
+        ``{"patches": (B, N, P)}`` (fusion, projected patch tokens)."""
+        pixel_values = pixel_values.to(self.model.device)
+        if self.scorer == "fusion":
+            return {"patches": self.model.encode_patches(pixel_values, normalize=False)[0]}
+        return {"image": self.model.encode_image(pixel_values)}  # no patch projection: the scorer never reads it
+
+    @torch.inference_mode()
+    def score_features(
+        self, features: dict[str, torch.Tensor], qs: QuerySet | tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """(B, Q) probabilities from :meth:`image_features` output, for a query set or its
+        :meth:`query_embeddings` (computed once per run rather than per batch)."""
+        pos, neg = qs if isinstance(qs, tuple) else self.query_embeddings(qs)
         if self.scorer == "fusion":
             logits, _ = self.model.decode(features["patches"], pos)
             return torch.sigmoid(logits.float())
@@ -213,9 +314,20 @@ def run_zero_shot(
     split: str = "test",
     num_workers: int = 0,
     cache_dir: str | Path | None = None,
+    cache_images: str | Path | None = None,
     progress: bool = True,
 ) -> ZeroShotResult:
-    """Score ``queries`` on every image of ``inputs`` (files, folders, or an ingested corpus folder)."""
+    """Score ``queries`` on every image of ``inputs`` (files, folders, or an ingested corpus folder).
+
+    Under ``accelerate launch`` / ``torchrun`` each process scores a contiguous share of the images and every process
+    returns the whole result, rows in input order (the same as one process gives).
+
+    Args:
+        cache_dir: keep query embeddings on disk across runs.
+        cache_images: keep image features on disk across runs (see :class:`ImageFeatureCache`): images already
+            there skip decoding and the image tower.
+    """
+    from accelerate import PartialState
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
@@ -223,24 +335,63 @@ def run_zero_shot(
 
     if not queries:
         raise MMRadError("give at least one query")
+    state = PartialState()
+    if state.num_processes > 1:
+        model.to(state.device)
     items, corpus_split = collect_inputs(inputs, split=split)
     classifier = ZeroShotClassifier(model, scorer, prompts, mode, cache_dir)
     qs = classifier.query_set(queries)
-    dataset = InferenceImages(items, model.config.preprocess, corpus_split)
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_inference, num_workers=num_workers)
-    probs = np.full((len(items), len(queries)), np.nan, dtype=np.float32)
+    query_embeds = classifier.query_embeddings(qs)  # once per run, not per batch
+    kinds = classifier.feature_kinds
+    with state.split_between_processes(list(range(len(items)))) as shard:
+        mine = list(shard)
+    image_cache = ImageFeatureCache(model, cache_images) if cache_images else None
+    identities = ImageFeatureCache.identities([items[i] for i in mine], corpus_split) if image_cache else []
+    probs = np.full((len(mine), len(queries)), np.nan, dtype=np.float32)  # rows of this process's share
     errors: dict[str, str] = {}
+    todo = list(range(len(mine)))  # positions in the share still needing the image tower
     with tqdm(
-        total=len(items), desc="zero-shot", unit="img", disable=not progress or len(items) < 2 * batch_size
+        total=len(mine),
+        desc="zero-shot",
+        unit="img",
+        disable=not progress or not state.is_main_process or len(mine) < 2 * batch_size,
     ) as bar:
+        if image_cache is not None:
+            cached = {j: image_cache.load(identities[j], kinds) for j in todo}
+            todo = [j for j in todo if cached[j] is None]
+            hits = [j for j in cached if cached[j] is not None]
+            for start in range(0, len(hits), batch_size):
+                chunk = hits[start : start + batch_size]
+                device = model.device
+                features = {k: torch.stack([cached[j][k] for j in chunk]).to(device) for k in kinds}
+                probs[chunk] = classifier.score_features(features, query_embeds).cpu().numpy()
+                bar.update(len(chunk))
+        dataset = InferenceImages([items[mine[j]] for j in todo], model.config.preprocess, corpus_split)
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_inference, num_workers=num_workers)
         for batch in loader:
             for index, error in batch["errors"].items():
-                errors[items[index].id] = error
-                logger.warning("%s: skipped (%s)", items[index].id, error)
+                item_id = items[mine[todo[index]]].id
+                errors[item_id] = error
+                logger.warning("%s: skipped (%s)", item_id, error)
             if batch["pixel_values"] is not None:
-                scores = classifier.score_features(classifier.image_features(batch["pixel_values"]), qs)
-                probs[batch["index"]] = scores.cpu().numpy()
+                features = classifier.image_features(batch["pixel_values"])
+                rows = [todo[i] for i in batch["index"]]
+                probs[rows] = classifier.score_features(features, query_embeds).cpu().numpy()
+                if image_cache is not None:
+                    for b, j in enumerate(rows):
+                        image_cache.save(identities[j], {k: features[k][b] for k in kinds})
             bar.update(len(batch["index"]) + len(batch["errors"]))
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        shares = gather_object([(mine, probs, errors)])  # one entry per rank, in rank order
+        probs = np.full((len(items), len(queries)), np.nan, dtype=np.float32)
+        errors = {}
+        for indices, part, part_errors in shares:
+            probs[indices] = part
+            errors.update(part_errors)
+    order = {item.id: i for i, item in enumerate(items)}
+    errors = dict(sorted(errors.items(), key=lambda kv: order[kv[0]]))
     return ZeroShotResult([i.id for i in items], list(queries), probs, errors)
 
 

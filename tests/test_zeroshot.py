@@ -93,3 +93,78 @@ def test_scores_do_not_depend_on_the_batch(tiny_model, batch, scorer):
     whole = clf.score(batch["pixel_values"], ["edema"])
     part = clf.score(batch["pixel_values"][2:], ["edema"])
     torch.testing.assert_close(whole[2:], part, atol=1e-5, rtol=1e-4)
+
+
+def _image_folder(root, names=("a.png", "sub/b.png", "c.jpg", "d.png", "e.png")):
+    rng = np.random.default_rng(0)
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(root / name)
+    return root
+
+
+def _count_calls(module):
+    calls = []
+    module.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("scorer", ["contrastive", "fusion"])
+def test_image_cache_skips_the_image_tower_and_changes_no_result(tiny_model, tmp_path, scorer):
+    folder = _image_folder(tmp_path / "DOE^JOHN")  # a patient-named folder
+    (folder / "broken.png").write_bytes(b"not a png")
+    cache = tmp_path / "image-cache"
+    vision = _count_calls(tiny_model.vision)
+
+    def run(queries, **kwargs):
+        return run_zero_shot(tiny_model, [folder], queries, scorer=scorer, batch_size=2, progress=False, **kwargs)
+
+    plain = run(["edema", "pneumothorax"])
+    assert len(vision) == 3  # 5 readable images in batches of 2
+    first = run(["edema", "pneumothorax"], cache_images=cache)
+    np.testing.assert_allclose(first.probs, plain.probs, rtol=0, atol=1e-6)
+    assert first.errors == plain.errors and len(vision) == 6
+    names = [p.name for p in cache.rglob("*")]
+    assert len([n for n in names if n.endswith(".safetensors")]) == 5 and not any("DOE" in n for n in names)
+    vision.clear()
+    second = run(["cardiomegaly", "edema"], cache_images=cache)  # a new query set over the same images
+    assert len(vision) == 0, "the image tower ran although every image was cached"
+    np.testing.assert_allclose(second.probs, run(["cardiomegaly", "edema"]).probs, rtol=0, atol=1e-6)
+    assert second.errors == plain.errors
+    vision.clear()
+    Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(folder / "a.png")  # a changed file is recomputed
+    run(["edema"], cache_images=cache)
+    assert len(vision) == 1
+    with torch.no_grad():
+        tiny_model.image_proj.weight.mul_(2.0)  # new weights: nothing reused
+    run(["edema"], cache_images=cache)
+    assert len(vision) == 4
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_image_cache_on_corpus_rows(tiny_model, phantom_corpus, tmp_path):
+    vision = _count_calls(tiny_model.vision)
+    kwargs = {"scorer": "contrastive", "progress": False, "cache_images": tmp_path / "cache"}
+    first = run_zero_shot(tiny_model, [phantom_corpus], ["edema"], **kwargs)
+    calls = len(vision)
+    second = run_zero_shot(tiny_model, [phantom_corpus], ["edema"], **kwargs)
+    assert calls > 0 and len(vision) == calls
+    np.testing.assert_array_equal(second.probs, first.probs)
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_a_repeated_query_set_costs_no_text_forward(tiny_model, tmp_path):
+    folder = _image_folder(tmp_path / "images", ("a.png", "b.png"))
+    text = _count_calls(tiny_model.text)
+    clf = ZeroShotClassifier(tiny_model, "contrastive")
+    pixels = torch.randn(2, 3, 32, 32)
+    first = clf.score(pixels, ["edema", "pneumothorax"])
+    calls = len(text)
+    again = clf.score(pixels, ["pneumothorax", "edema"])
+    assert calls > 0 and len(text) == calls
+    torch.testing.assert_close(again, first.flip(-1))
+    run_zero_shot(tiny_model, [folder], ["edema"], scorer="contrastive", cache_dir=tmp_path / "t", progress=False)
+    calls = len(text)
+    run_zero_shot(tiny_model, [folder], ["edema"], scorer="contrastive", cache_dir=tmp_path / "t", progress=False)
+    assert len(text) == calls  # a new run reads the query embeddings from disk

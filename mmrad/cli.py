@@ -341,11 +341,14 @@ def _add_zero_shot(sub: argparse._SubParsersAction) -> None:
 
 def _run_zero_shot(args: argparse.Namespace) -> int:
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     from mmrad.models.modeling import MMRadModel
     from mmrad.zeroshot import run_zero_shot, write_results_csv
 
-    state = PartialState()  # under `accelerate launch` each process scores a share; rank 0 writes and prints
+    # under `accelerate launch` each process scores a share; rank 0 writes and prints. PartialState, unlike
+    # Accelerator, does not read ACCELERATE_USE_CPU (without it CPU ranks would each run alone)
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     model = MMRadModel.from_pretrained(args.model)
     result = run_zero_shot(
         model, args.inputs, args.queries, scorer=args.scorer, prompts=args.prompts, mode=args.mode,
@@ -368,7 +371,8 @@ def _run_zero_shot(args: argparse.Namespace) -> int:
         print(f"... {len(result.ids) - shown} more rows")
     if result.errors:
         print(f"{len(result.errors)} image(s) could not be read (see the error column)")
-    print(f"wrote {args.out} ({len(result.ids)} images x {len(result.queries)} queries, scorer {args.scorer})")
+    procs = f", {state.num_processes} processes" if state.num_processes > 1 else ""
+    print(f"wrote {args.out} ({len(result.ids)} images x {len(result.queries)} queries, scorer {args.scorer}{procs})")
     return 0
 
 
@@ -471,7 +475,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     total = sum(result.seconds.values())
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
     print(f"\ndemo finished in {total:.0f} s ({steps})")
-    print(f"model: {result.model_dir}  metrics: {result.out_dir / 'metrics.json'}")
+    print(f"model: {result.model_dir} (card: README.md)  metrics: {result.out_dir / 'metrics.json'}")
+    examples = result.out_dir / "examples"
+    print(f"grounding examples (report sentences on test images, true masks outlined): {examples}")
     return 0
 
 

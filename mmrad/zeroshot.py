@@ -328,6 +328,7 @@ def run_zero_shot(
             there skip decoding and the image tower.
     """
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
@@ -335,7 +336,7 @@ def run_zero_shot(
 
     if not queries:
         raise MMRadError("give at least one query")
-    state = PartialState()
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # a no-op when already set up
     if state.num_processes > 1:
         model.to(state.device)
     items, corpus_split = collect_inputs(inputs, split=split)

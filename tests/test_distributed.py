@@ -56,3 +56,32 @@ def test_mmrad_train_under_accelerate_launch_uses_two_ranks(phantom_corpus, tmp_
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["steps"] == 3
     assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_zero_shot_under_accelerate_launch_writes_the_one_process_csv(tiny_model, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mmrad.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "3b.png").write_bytes(b"not a png")  # 6 rows, 3 per rank, one unreadable
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir)
+    args = ["zero-shot", str(model_dir), str(folder), "--queries", "edema", "pneumothorax", "--batch-size", "2"]
+    assert main([*args, "--out", str(tmp_path / "one.csv")]) == 0
+    cmd = [
+        str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmrad.cli", *args,
+        "--out", str(tmp_path / "two.csv"), "--cache-images", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes" in result.stdout and result.stdout.count("wrote") == 1  # two ranks; rank 0 writes
+    one, two = (tmp_path / "one.csv").read_text(), (tmp_path / "two.csv").read_text()
+    assert two == one and len(one.splitlines()) == 7
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 5  # both ranks' shares were scored

@@ -5,7 +5,9 @@
    BiomedCLIP) -> ``base/model``;
 3. stage 2 — start from that checkpoint, add LoRA adapters to both towers and fine-tune them with the query decoder
    on the findings -> ``model/`` (a ``from_pretrained`` folder);
-4. evaluate on the test split -> ``metrics.json`` and ROC plots, and a summary table.
+4. evaluate on the test split -> ``metrics.json`` and ROC plots, and a summary table; the metrics go into the model
+   folder and its card (``model/README.md``) is written from them;
+5. ground the reports of a few test studies in their images -> ``examples/`` (overlay PNGs and ``index.json``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmrad.cards import write_card
 from mmrad.config import ExperimentConfig, load_config
 
 logger = logging.getLogger(__name__)
@@ -118,5 +121,44 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, settings: DemoSettings
     start = time.perf_counter()
     metrics = evaluate_corpus(model_dir, out / "corpus", split="test", out=out / "metrics.json", n_bootstrap=1000,
                               zero_shot_prompts=prompts)  # fmt: skip
+    shutil.copy2(out / "metrics.json", model_dir / "metrics.json")
+    write_card(model_dir)  # the card's tables come from the metrics just measured
+    write_examples(model_dir, out / "corpus", out / "examples")
     seconds["evaluate"] = time.perf_counter() - start
     return DemoResult(out, model_dir, metrics, seconds)
+
+
+def write_examples(model_dir: Path, corpus: Path, out: Path, n: int = 4) -> Path:
+    """Overlays of each evidence sentence of the first ``n`` test reports with a finding the model knows, with the
+    true mask's outline in white; listed in ``out/index.json`` with whether the map's peak falls in the mask."""
+    import datasets
+    import numpy as np
+
+    from mmrad.grounding import ground_report, overlay
+    from mmrad.models.modeling import MMRadModel
+    from mmrad.training.evaluation import write_json_atomic
+
+    model = MMRadModel.from_pretrained(model_dir)
+    test = datasets.load_from_disk(str(corpus))["test"]
+    out.mkdir(parents=True, exist_ok=True)
+    index, studies = [], 0
+    for row in test:
+        if studies >= n:
+            break
+        masks = {m["label"]: np.asarray(m["mask"]) > 0 for m in row["masks"] or [] if m["label"] in model.label_names}
+        if not masks:
+            continue
+        image = np.asarray(row["image"], dtype=np.float32) / (65535.0 if row["bit_depth"] > 8 else 255.0)
+        studies += 1
+        for heatmap in ground_report(model, image, row["report"]):
+            mask = masks.get(heatmap.finding)
+            if mask is None:
+                continue
+            peak = np.unravel_index(int(np.argmax(heatmap.map)), heatmap.map.shape)
+            name = f"{len(index):02d}_{heatmap.finding.lower().replace(' ', '_')}.png"
+            overlay(image, heatmap, outline=mask).save(out / name)
+            index.append({"overlay": name, "finding": heatmap.finding, "sentence": heatmap.phrase,
+                          "score": heatmap.score, "peak_in_mask": bool(mask[peak])})  # fmt: skip
+    write_json_atomic(out / "index.json", {"entries": index})
+    return out / "index.json"
+

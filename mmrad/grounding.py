@@ -159,8 +159,9 @@ def ground_report(model, image, report: str, *, vocabulary: str = "chexpert", **
     return maps
 
 
-def overlay(image: np.ndarray, heatmap: Heatmap, *, alpha: float = 0.45, cmap: str = "jet"):
-    """The heatmap in colour over the grey image, with a colour bar and the phrase as title (a PIL image)."""
+def overlay(image: np.ndarray, heatmap: Heatmap, *, alpha: float = 0.45, cmap: str = "jet", outline=None):
+    """The heatmap in colour over the grey image, with a colour bar and the phrase as title (a PIL image).
+    ``outline``: a boolean mask of the image's size (e.g. the true finding) drawn as a white contour."""
     import io
 
     import matplotlib
@@ -175,6 +176,8 @@ def overlay(image: np.ndarray, heatmap: Heatmap, *, alpha: float = 0.45, cmap: s
     fig, ax = plt.subplots(figsize=(width * scale + 1.2, height * scale + 0.6), dpi=100)
     ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
     shown = ax.imshow(heatmap.map, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    if outline is not None and np.asarray(outline).any():
+        ax.contour(np.asarray(outline, dtype=float), levels=[0.5], colors="white", linewidths=1.2)
     title = heatmap.phrase if len(heatmap.phrase) <= 70 else heatmap.phrase[:67] + "..."
     ax.set_title(f"{title}  ({heatmap.method}, score {heatmap.score:.2f})", fontsize=9)
     ax.axis("off")

@@ -27,10 +27,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def command_line() -> str:
     """The command that produced this run, as a user would type it from the repository root."""
     script = Path(sys.argv[0]).resolve()
-    try:
+    if script.is_relative_to(REPO):
         script = script.relative_to(REPO)
-    except ValueError:
-        pass
     return shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
 
 
@@ -58,7 +56,8 @@ def record(
         "device": args.device,
     }
     met = "" if goal is None or ratio is None else ("  goal met" if meets(entry) else "  GOAL MISSED")
-    print(f"[bench] {name}: {entry['value']} {unit} vs {entry['baseline']} -> ratio {entry['ratio']} (goal {goal}){met}")
+    shown = f"{entry['value']} {unit} vs {entry['baseline']} -> ratio {entry['ratio']} (goal {goal}){met}"
+    print(f"[bench] {name}: {shown}")
     if not args.no_record:
         path = Path(args.results)
         path.parent.mkdir(parents=True, exist_ok=True)

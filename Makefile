@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format clean demo
+.PHONY: install test lint format clean demo bench
 
 install: $(STAMP)
 
@@ -19,6 +19,19 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(BIN)/mmrad demo --out demo_out
+
+# Every benchmark measures its figure and baseline side by side and records them in bench/results.json;
+# the README's Performance table is rendered from that file. Add DEVICE=cuda on a GPU machine.
+DEVICE ?= cpu
+BENCH_SCRIPTS := bench_startup bench_labeler bench_io bench_corpus bench_zeroshot bench_efficiency bench_lora \
+	bench_scale bench_demo
+
+bench: install
+	@for s in $(BENCH_SCRIPTS); do \
+		echo "== scripts/$$s.py"; \
+		HF_HUB_OFFLINE=1 $(BIN)/python scripts/$$s.py --device $(DEVICE) || exit 1; \
+	done
+	$(BIN)/python scripts/bench_table.py
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -217,6 +217,7 @@ def build_card(
     metrics_file: str = METRICS_NAME,
     data_summary: dict | None = None,
     license: str = "other",
+    location: str | None = None,
 ):
     """The :class:`~huggingface_hub.ModelCard` of a saved model folder."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -246,7 +247,7 @@ def build_card(
         card_data,
         template_path=str(CARD_TEMPLATE),
         model_name=model_name,
-        repo_id=repo_id or str(folder),
+        repo_id=repo_id or location or str(folder),  # location: where the folder goes when built elsewhere
         projection_dim=config.projection_dim,
         vision_description=vdesc,
         text_description=tdesc,

@@ -15,12 +15,14 @@ Every number goes through the evaluate modules shipped in :mod:`mmrad.metrics`, 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmrad.errors import ensure_writable_dir, writing
 from mmrad.training.evaluation import Predictions, predict, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,8 @@ def roc_plots(pred: Predictions, names: list[str], folder: Path, title: str = ""
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for k, name in enumerate(names):
         valid = np.isin(pred.labels[:, k], (0.0, 1.0))
@@ -50,8 +53,14 @@ def roc_plots(pred: Predictions, names: list[str], folder: Path, title: str = ""
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
         path = folder / f"roc_{slug(name)}.png"
-        fig.savefig(path)
-        plt.close(fig)
+        tmp = folder / f".{path.name}.tmp"
+        try:
+            with writing(path):
+                fig.savefig(tmp, format="png")
+                os.replace(tmp, path)  # a failed write never leaves half a PNG
+        finally:
+            plt.close(fig)
+            tmp.unlink(missing_ok=True)
         paths.append(path)
     return paths
 
@@ -187,6 +196,8 @@ def evaluate_corpus(
 
     model = MMRadModel.from_pretrained(model_dir).eval()
     splits, info = load_corpus(corpus_dir)
+    out = Path(out)
+    ensure_writable_dir(out.parent)  # fail before the forward passes, not after
     if split not in splits or len(splits[split]) == 0:
         raise MMRadError(f"{corpus_dir}: no rows in split {split!r} (have: {', '.join(splits)})")
     names = model.label_names
@@ -249,9 +260,9 @@ def evaluate_corpus(
             metrics["zero_shot"] = block
         else:  # further banks (e.g. a stricter held-out family) sit beside the first
             metrics.setdefault("zero_shot_more", {})[bank.name] = block
-    out = Path(out)
     if accelerator.is_main_process:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        with writing(out.parent):
+            out.parent.mkdir(parents=True, exist_ok=True)
         metrics["roc_plots"] = [p.name for p in roc_plots(pred, names, out.parent)]
         write_json_atomic(out, metrics)
     return metrics

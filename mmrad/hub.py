@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmrad.cards import DATA_SUMMARY_NAME, METRICS_NAME, read_json, write_card
-from mmrad.errors import MMRadError
+from mmrad.errors import MMRadError, writing
 
 logger = logging.getLogger(__name__)
 
@@ -156,51 +157,67 @@ def prepare_upload(
     """Write the exact folder that would be uploaded (model or adapters, metrics, data summary, card) and scan it.
 
     Raises:
-        MMRadError: the PHI scan found something (the folder is removed), or the inputs are inconsistent.
+        MMRadError: the PHI scan found something (nothing is left behind), or the inputs are inconsistent.
+        OutputError: the folder cannot be written (disk full, no permission).
     """
-    from mmrad.models.modeling import MMRadModel
+    from mmrad.models.serialization import read_config
 
     src, out = Path(model_dir), Path(folder)
     if out.exists() and any(out.iterdir()):
         raise MMRadError(f"{out}: the dry-run folder exists and is not empty")
-    out.mkdir(parents=True, exist_ok=True)
+    read_config(src)  # not a model folder, or one from a newer mmrad: refused before anything is written
+    # written into a hidden sibling and renamed when complete and scanned: no half folder, even after a crash
+    staging = out.parent / f".{out.name}.{os.getpid()}.tmp"
     try:
-        if adapter_only:
-            model = MMRadModel.from_pretrained(src)
-            if model.lora_settings is None:
-                raise MMRadError(f"{src}: --adapter-only needs a folder with LoRA adapters (e.g. OUT/adapter/)")
-            base = base_model or (Path(model.name_or_path) if model.name_or_path else None)
-            if base is None or Path(str(base)).exists():
-                raise MMRadError(
-                    "--adapter-only: pass --base-model REPO_ID, the Hub repo of the base model "
-                    "(a local path would be uploaded as is)"
-                )
-            model.save_pretrained(out, adapter_only=True, base_model=str(base))
-        else:
-            for name in ("config.json", "model.safetensors", "adapter_model.safetensors"):
-                if (src / name).is_file():
-                    shutil.copy2(src / name, out / name)
-            if (src / "tokenizer").is_dir():
-                shutil.copytree(src / "tokenizer", out / "tokenizer")
-        metrics_path = Path(metrics_file) if metrics_file else src / METRICS_NAME
-        metrics = read_json(metrics_path) if metrics_path.is_file() else None
-        if metrics is not None:
-            shutil.copy2(metrics_path, out / METRICS_NAME)
-        summary = read_json(src / DATA_SUMMARY_NAME)
-        if summary is not None:
-            shutil.copy2(src / DATA_SUMMARY_NAME, out / DATA_SUMMARY_NAME)
-        write_card(out, repo_id=repo_id, metrics=metrics, data_summary=summary)
-        findings = scan_for_phi(out, known_keys)
-        if findings:
-            raise MMRadError(
-                "refusing to push: the PHI scan found "
-                + "; ".join(map(str, findings[:5]))
-                + (f" and {len(findings) - 5} more" if len(findings) > 5 else "")
-            )
-    except Exception:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
+        with writing(out, staging):
+            shutil.rmtree(staging, ignore_errors=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
+            _write_upload(src, staging, repo_id, adapter_only, base_model, metrics_file, known_keys)
+            if out.exists():
+                out.rmdir()  # empty (checked above)
+            os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _write_upload(src: Path, folder: Path, repo_id, adapter_only, base_model, metrics_file, known_keys) -> None:
+    """Fill ``folder`` with what :func:`prepare_upload` uploads, then scan it for patient identifiers."""
+    from mmrad.models.modeling import MMRadModel
+
+    if adapter_only:
+        model = MMRadModel.from_pretrained(src)
+        if model.lora_settings is None:
+            raise MMRadError(f"{src}: --adapter-only needs a folder with LoRA adapters (e.g. OUT/adapter/)")
+        base = base_model or (Path(model.name_or_path) if model.name_or_path else None)
+        if base is None or Path(str(base)).exists():
+            raise MMRadError(
+                "--adapter-only: pass --base-model REPO_ID, the Hub repo of the base model "
+                "(a local path would be uploaded as is)"
+            )
+        model.save_pretrained(folder, adapter_only=True, base_model=str(base))
+    else:
+        for name in ("config.json", "model.safetensors", "adapter_model.safetensors"):
+            if (src / name).is_file():
+                shutil.copy2(src / name, folder / name)
+        if (src / "tokenizer").is_dir():
+            shutil.copytree(src / "tokenizer", folder / "tokenizer")
+    metrics_path = Path(metrics_file) if metrics_file else src / METRICS_NAME
+    metrics = read_json(metrics_path) if metrics_path.is_file() else None
+    if metrics is not None:
+        shutil.copy2(metrics_path, folder / METRICS_NAME)
+    summary = read_json(src / DATA_SUMMARY_NAME)
+    if summary is not None:
+        shutil.copy2(src / DATA_SUMMARY_NAME, folder / DATA_SUMMARY_NAME)
+    write_card(folder, repo_id=repo_id, metrics=metrics, data_summary=summary)
+    findings = scan_for_phi(folder, known_keys)
+    if findings:
+        raise MMRadError(
+            "refusing to push: the PHI scan found "
+            + "; ".join(map(str, findings[:5]))
+            + (f" and {len(findings) - 5} more" if len(findings) > 5 else "")
+        )
 
 
 def push(

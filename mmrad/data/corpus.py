@@ -49,7 +49,7 @@ from mmrad.data.imagecache import (
 from mmrad.data.manifest import Manifest, ManifestError, ManifestRow, Reject, read_manifest
 from mmrad.data.privacy import default_salt, deidentify_text, hash_identifier
 from mmrad.data.splits import SPLIT_NAMES, parse_fractions, patient_split
-from mmrad.errors import MMRadError
+from mmrad.errors import MMRadError, writing
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +280,8 @@ def ingest(
         logger.warning("report text is stored as written: make sure it holds no patient identifiers")
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     cache = out / CACHE_DIR / "shards"
     opts = DecodeOptions(image_size, window if isinstance(window, str) else tuple(window), invert_monochrome1,
                     salt if salt is not None else default_salt())  # fmt: skip
@@ -303,7 +304,8 @@ def ingest(
         return IngestSummary(out, existing, reused=True, shards_reused=len(shards),
                              seconds=time.perf_counter() - start)  # fmt: skip
 
-    decoded = decode_shards(shards, opts, cache, num_proc, progress)
+    with writing(out):  # a full disk while caching images: the message names the corpus folder
+        decoded = decode_shards(shards, opts, cache, num_proc, progress)
     logger.info("images: %d shard(s) decoded, %d reused from %s", decoded, len(shards) - decoded, cache)
 
     from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
@@ -402,13 +404,17 @@ def _write_corpus(out: Path, splits, info: CorpusInfo, rejects: list[tuple[int, 
     """Write splits, rejects.csv and the info file so that a crash never leaves a corpus that looks finished."""
     staging = out / CACHE_DIR / "staging"
     shutil.rmtree(staging, ignore_errors=True)
-    with quiet_datasets():
-        # datasets cannot load an empty split saved with zero shards: give empty splits one (empty) shard
-        splits.save_to_disk(str(staging), num_shards={name: 1 for name, split in splits.items() if not len(split)})
-    with (staging / REJECTS_FILE).open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["row", "path", "reason"])
-        writer.writerows(rejects)
+    try:
+        with writing(out), quiet_datasets():
+            # datasets cannot load an empty split saved with zero shards: give empty splits one (empty) shard
+            splits.save_to_disk(str(staging), num_shards={name: 1 for name, split in splits.items() if not len(split)})
+            with (staging / REJECTS_FILE).open("w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(["row", "path", "reason"])
+                writer.writerows(rejects)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a full disk: the previous corpus (if any) is untouched
+        raise
     (out / INFO_FILE).unlink(missing_ok=True)  # the info file marks a finished corpus: it goes first, comes last
     for name in ["dataset_dict.json", REJECTS_FILE, *splits]:
         target = out / name
@@ -417,8 +423,12 @@ def _write_corpus(out: Path, splits, info: CorpusInfo, rejects: list[tuple[int, 
         os.replace(staging / name, target)
     shutil.rmtree(staging, ignore_errors=True)
     tmp = out / f"{INFO_FILE}.tmp"
-    tmp.write_text(json.dumps(dataclasses.asdict(info), indent=2, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, out / INFO_FILE)
+    with writing(out / INFO_FILE):
+        try:
+            tmp.write_text(json.dumps(dataclasses.asdict(info), indent=2, allow_nan=False), encoding="utf-8")
+            os.replace(tmp, out / INFO_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _clean_cache(cache: Path, keep: set[str]) -> None:

@@ -182,12 +182,16 @@ def _build_shard(shard: Shard, opts: DecodeOptions, shard_dir: str) -> tuple[int
             rejects.append((row, f"unexpected error reading the image ({type(err).__name__}: {err})"))
     features = shard_features()
     tmp = f"{shard_dir}.tmp{os.getpid()}"
-    with quiet_datasets():
-        # one shard even when empty: datasets cannot load a dataset saved with zero shards
-        Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features).save_to_disk(
-            tmp, num_shards=1
-        )
-    Path(tmp, "rejects.json").write_text(json.dumps(rejects), encoding="utf-8")
+    try:
+        with quiet_datasets():
+            # one shard even when empty: datasets cannot load a dataset saved with zero shards
+            Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features).save_to_disk(
+                tmp, num_shards=1
+            )
+        Path(tmp, "rejects.json").write_text(json.dumps(rejects), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk: no partial shard keeps the space
+        raise
     try:
         os.replace(tmp, shard_dir)
     except OSError:  # another run finished the same shard first

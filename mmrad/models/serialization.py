@@ -21,6 +21,8 @@ import copy
 import dataclasses
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -28,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from mmrad import __version__
 from mmrad.config import LoraSettings, MMRadConfig
-from mmrad.errors import MMRadError
+from mmrad.errors import MMRadError, writing
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +68,6 @@ def save_model(model, save_directory: str | Path, *, adapter_only: bool = False,
                 "adapter_only=True: the base towers are random and saved nowhere. Save the base model first and "
                 "load it with MMRadModel.from_pretrained, or pass base_model="
             )
-    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "model_type": MODEL_TYPE,
         "mmrad_version": __version__,
@@ -75,22 +76,46 @@ def save_model(model, save_directory: str | Path, *, adapter_only: bool = False,
         "adapter_only": adapter_only,
         "base_model": str(base_model) if adapter_only and base_model is not None else None,
     }
-    with open(out / CONFIG_NAME, "w", encoding="utf-8") as f:
-        json.dump({**meta, **model.config.to_dict()}, f, indent=2)
-        f.write("\n")
     state = adapter_state_dict(model) if adapter_only else model.state_dict()
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    stale = out / (WEIGHTS_NAME if adapter_only else ADAPTER_WEIGHTS_NAME)
-    stale.unlink(missing_ok=True)  # one weights file per folder, so a folder is never ambiguous
-    save_file(state, str(out / (ADAPTER_WEIGHTS_NAME if adapter_only else WEIGHTS_NAME)), metadata={"format": "pt"})
-    if hasattr(model.tokenizer, "save_pretrained"):
-        model.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
-    write_prompt_bank(model, out)
-    from mmrad.cards import write_card  # the card reads metrics.json / data_summary.json when the folder has them
+    from mmrad.cards import DATA_SUMMARY_NAME, METRICS_NAME, read_json, write_card
 
-    write_card(out)
+    # everything is written into a hidden sibling first: a full disk or a crash leaves `out` as it was
+    staging = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    with writing(out, staging):
+        shutil.rmtree(staging, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        try:
+            with open(staging / CONFIG_NAME, "w", encoding="utf-8") as f:
+                json.dump({**meta, **model.config.to_dict()}, f, indent=2)
+                f.write("\n")
+            save_file(state, str(staging / (ADAPTER_WEIGHTS_NAME if adapter_only else WEIGHTS_NAME)),
+                      metadata={"format": "pt"})  # fmt: skip
+            if hasattr(model.tokenizer, "save_pretrained"):
+                model.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
+            write_prompt_bank(model, staging)
+            # the card reads metrics.json / data_summary.json when the folder already has them
+            write_card(staging, metrics=read_json(out / METRICS_NAME), data_summary=read_json(out / DATA_SUMMARY_NAME),
+                       location=str(out))  # fmt: skip
+            out.mkdir(exist_ok=True)
+            _publish(staging, out)
+            # one weights file per folder, so a folder is never ambiguous
+            (out / (WEIGHTS_NAME if adapter_only else ADAPTER_WEIGHTS_NAME)).unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     logger.info("saved %s%s to %s", "adapters of " if adapter_only else "", type(model).__name__, out)
     return out
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the staged files into ``out`` by renames (no new space needed); other files in ``out`` stay."""
+    for entry in sorted(staging.iterdir(), key=lambda p: p.name == CONFIG_NAME):  # config.json last
+        target = out / entry.name
+        if target.is_dir() and not target.is_symlink():
+            old = staging / f".old-{entry.name}"
+            os.replace(target, old)  # a folder cannot be renamed onto a non-empty one: move the old one aside
+        os.replace(entry, target)
 
 
 def write_prompt_bank(model, out: Path) -> Path:

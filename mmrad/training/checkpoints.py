@@ -15,6 +15,8 @@ import re
 import shutil
 from pathlib import Path
 
+from mmrad.errors import writing
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "step_"
@@ -77,16 +79,22 @@ def save_checkpoint(accelerator, root: str | Path, step: int, trainer_state: dic
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
+    try:
+        with writing(root):
+            accelerator.save_state(str(tmp), safe_serialization=True)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                _fsync_write(tmp / STATE_FILE, json.dumps({**trainer_state, "step": step}, indent=1))
+                for path in tmp.rglob("*"):
+                    if path.is_file():
+                        with open(path, "rb") as f:
+                            os.fsync(f.fileno())
+                _fsync_write(tmp / MARKER, "ok\n")
+                _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk: give the space of the partial checkpoint back
+        raise
     if accelerator.is_main_process:
-        _fsync_write(tmp / STATE_FILE, json.dumps({**trainer_state, "step": step}, indent=1))
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())
-        _fsync_write(tmp / MARKER, "ok\n")
-        _fsync_dir(tmp)
         if final.exists():  # the same step saved again (e.g. the final step after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -102,6 +102,12 @@ def write_json_atomic(path: Path, data: dict) -> None:
             return clean(value.item())
         return value
 
+    from mmrad.errors import writing
+
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(clean(data), indent=1))
-    os.replace(tmp, path)
+    with writing(path):
+        try:
+            tmp.write_text(json.dumps(clean(data), indent=1))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no partial temporary file

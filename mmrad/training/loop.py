@@ -16,7 +16,6 @@ Output folder::
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from mmrad.config import ExperimentConfig
-from mmrad.errors import MMRadError
+from mmrad.errors import MMRadError, ensure_writable_dir
 from mmrad.training.checkpoints import (
     latest_checkpoint,
     read_trainer_state,
@@ -35,7 +34,7 @@ from mmrad.training.checkpoints import (
     save_checkpoint,
 )
 from mmrad.training.data import build_dataloaders
-from mmrad.training.evaluation import predict, prediction_metrics
+from mmrad.training.evaluation import predict, prediction_metrics, write_json_atomic
 from mmrad.training.schedule import param_groups, warmup_cosine
 
 logger = get_logger(__name__)
@@ -115,6 +114,7 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
         dataloaders: ``fn(cfg, model) -> TrainData`` replacing the corpus loaders (tests).
     """
     out = Path(out_dir)
+    ensure_writable_dir(out)  # an unwritable output folder fails now, not after the first hours of training
     set_seed(cfg.train.seed)
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision),
@@ -192,47 +192,49 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
     model.train()
     stop = state["step"] >= cfg.train.max_steps
     start_time = time.perf_counter()
-    while not stop:
-        epoch, skip = divmod(state["step"], steps_per_epoch)
-        sampler.set_epoch(epoch)
-        # accelerate's loader re-sets its sampler's epoch from its own counter at each iteration (and the loader
-        # that skips a resumed epoch's first batches copies that counter): a resumed run must set it too
-        train_loader.set_epoch(epoch)
-        loader = train_loader
-        if skip:
-            loader = accelerator.skip_first_batches(train_loader, skip * cfg.train.gradient_accumulation_steps)
-        for batch in loader:
-            with accelerator.accumulate(model):
-                reports = {}
-                if text_cache is not None:
-                    reports = {"text_features": text_cache.take(batch["row_index"], accelerator.device)}
-                elif reads_reports:
-                    reports = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-                output = model(pixel_values=batch["pixel_values"], labels=batch["labels"], **reports)
-                accelerator.backward(output.loss)
-                if accelerator.sync_gradients and cfg.train.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            state["step"] += 1
-            step = state["step"]
-            logs = {"train/loss": float(output.loss.detach()), "train/lr": scheduler.get_last_lr()[0]}
-            logs.update({f"train/{k}": float(v.detach()) for k, v in output.loss_terms.items()})
-            accelerator.log(logs, step=step)
-            state.setdefault("losses", []).append(round(logs["train/loss"], 6))
-            progress.update(1)
-            progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
-            if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
-                stop = evaluate_now(step)
-            if step % cfg.train.save_every == 0 or step == cfg.train.max_steps or stop:
-                save_checkpoint(accelerator, ckpt_root, step, _jsonable(state), cfg.train.keep_last)
-            if stop or step >= cfg.train.max_steps:
-                stop = True
-                break
-    progress.close()
+    try:
+        while not stop:
+            epoch, skip = divmod(state["step"], steps_per_epoch)
+            sampler.set_epoch(epoch)
+            # accelerate's loader re-sets its sampler's epoch from its own counter at each iteration (and the loader
+            # that skips a resumed epoch's first batches copies that counter): a resumed run must set it too
+            train_loader.set_epoch(epoch)
+            loader = train_loader
+            if skip:
+                loader = accelerator.skip_first_batches(train_loader, skip * cfg.train.gradient_accumulation_steps)
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    reports = {}
+                    if text_cache is not None:
+                        reports = {"text_features": text_cache.take(batch["row_index"], accelerator.device)}
+                    elif reads_reports:
+                        reports = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+                    output = model(pixel_values=batch["pixel_values"], labels=batch["labels"], **reports)
+                    accelerator.backward(output.loss)
+                    if accelerator.sync_gradients and cfg.train.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                state["step"] += 1
+                step = state["step"]
+                logs = {"train/loss": float(output.loss.detach()), "train/lr": scheduler.get_last_lr()[0]}
+                logs.update({f"train/{k}": float(v.detach()) for k, v in output.loss_terms.items()})
+                accelerator.log(logs, step=step)
+                state.setdefault("losses", []).append(round(logs["train/loss"], 6))
+                progress.update(1)
+                progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
+                if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
+                    stop = evaluate_now(step)
+                if step % cfg.train.save_every == 0 or step == cfg.train.max_steps or stop:
+                    save_checkpoint(accelerator, ckpt_root, step, _jsonable(state), cfg.train.keep_last)
+                if stop or step >= cfg.train.max_steps:
+                    stop = True
+                    break
+    finally:
+        progress.close()  # on errors too: the error message then starts a line of its own
 
     if eval_loader is None or not export_dir.is_dir():
         _export(accelerator, model, export_dir)  # no validation split: the final model is the result
@@ -248,7 +250,7 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
         "train_losses": state.get("losses", []),
     }
     if accelerator.is_main_process:
-        (out / "train_summary.json").write_text(json.dumps(_jsonable(summary), indent=1))
+        write_json_atomic(out / "train_summary.json", _jsonable(summary))
     accelerator.end_training()
     return export_dir
 

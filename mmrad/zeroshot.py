@@ -59,6 +59,8 @@ def weights_key(modules) -> str:
 class TextEmbeddingCache:
     """Query embeddings of one model, cached by (text-side weights, text) in memory and optionally on disk."""
 
+    batch_size = 256  # texts per text-tower forward (prompts are short)
+
     def __init__(self, model, cache_dir: str | Path | None = None):
         self.model = model
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -100,7 +102,8 @@ class TextEmbeddingCache:
             else:
                 missing.append(text)
         if missing:
-            embeds = self.model.embed_texts(missing).float().cpu()
+            # one large batch: with 64-text chunks (embed_texts' default) 120 prompts took 1.4x as long on CPU
+            embeds = self.model.embed_texts(missing, batch_size=self.batch_size).float().cpu()
             self.computed += len(missing)
             for text, embed in zip(missing, embeds, strict=True):
                 self._memory[(key, text)] = embed

@@ -164,3 +164,43 @@ def test_adapter_base_must_match(tmp_path, tiny_config):
     model.save_pretrained(tmp_path / "adapters", adapter_only=True, base_model=str(tmp_path / "base"))
     with pytest.raises(CheckpointError, match="missing|unexpected"):
         MMRadModel.from_pretrained(tmp_path / "adapters")
+
+
+def _first_blocks(model) -> list[torch.nn.Module]:
+    """An early module inside the first checkpointed unit of each tower (a ViT block, a ResNet stage, a BERT layer):
+    recomputation calls it again. (transformers checkpoints a layer's ``forward``, so hooks on the layer itself fire
+    once; torch stops recomputing after the last tensor backward needs, so hooks late in a block may not fire.)"""
+    visual = model.vision.visual
+    if model.vision.kind == "vit":
+        vision = visual.transformer.resblocks[0].ln_1
+    elif model.vision.kind == "resnet":
+        vision = visual.layer1[0].conv1
+    else:
+        vision = visual.trunk.blocks[0].norm1
+    return [vision, model.text.encoder.encoder.layer[0].attention]
+
+
+@pytest.mark.parametrize("kind", ["vit", "resnet", "timm"])
+def test_grad_checkpointing_recomputes_both_towers_with_lora(tiny_config, kind):
+    """Checkpointed blocks run twice per step (forward, then again in backward) and give the same gradients."""
+    torch.manual_seed(0)
+    model = MMRadModel(tower_config(tiny_config, kind))
+    apply_lora(model, SETTINGS)
+    perturb_adapters(model)
+    batch = make_batch(model)
+    calls = [0, 0]
+    for i, block in enumerate(_first_blocks(model)):
+        block.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    grads, counts = [], []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        calls[:] = [0, 0]
+        model.train()
+        model(**batch).loss.backward()
+        counts.append(list(calls))  # the text tower runs on the reports and on the finding descriptions
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        model.zero_grad(set_to_none=True)
+    assert counts[1] == [2 * c for c in counts[0]] and min(counts[0]) >= 1
+    assert set(grads[0]) == set(grads[1]) and any("lora_" in n for n in grads[1])
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -31,6 +31,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mmrad.config import ConfigError, TextConfig, VisionConfig
 from mmrad.errors import UnsafeFileError
@@ -63,6 +64,7 @@ class VisionTower(nn.Module):
         super().__init__()
         self.visual = visual
         self.token_layer = token_layer
+        self.grad_checkpointing = False  # ResNets only: open_clip's ModifiedResNet has none, mmrad checkpoints stages
         if isinstance(visual, VisionTransformer):
             self.kind = "vit"
             if visual.attn_pool is not None or visual.pool_type == "none":
@@ -101,26 +103,33 @@ class VisionTower(nn.Module):
             grid = (pixel_values.shape[-2] // ph, pixel_values.shape[-1] // pw)
             return pooled, tokens, grid
         if self.kind == "resnet":
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                return self._resnet_stages(pixel_values)
             out = self.visual.forward_intermediates(pixel_values, indices=1)
             fmap = out["image_intermediates"][-1]  # (B, C, h, w) after layer4
             return out["image_features"], fmap.flatten(2).transpose(1, 2), tuple(fmap.shape[-2:])
         return self._timm(pixel_values)
 
     def _intermediate(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        if self.kind == "resnet":  # open_clip's ModifiedResNet.forward_intermediates stops early; walk the stages
-            visual, x = self.visual, pixel_values
-            stages = []
-            for block in (visual.stem, visual.layer1, visual.layer2, visual.layer3, visual.layer4):
-                x = block(x)
-                stages.append(x)
-            pooled, fmap = visual.attnpool(x), stages[self.token_layer]
-        else:  # open_clip's forward_intermediates: an earlier block's features and the pooled output in one pass
-            kwargs = {"normalize_intermediates": True} if self.kind == "vit" else {}
-            out = self.visual.forward_intermediates(
-                pixel_values, indices=[self.token_layer], output_fmt="NCHW", **kwargs
-            )
-            pooled, fmap = out["image_features"], out["image_intermediates"][0]  # fmap (B, C, h, w), no prefix
+        if self.kind == "resnet":
+            return self._resnet_stages(pixel_values)
+        # open_clip's forward_intermediates: an earlier block's features and the pooled output in one pass
+        kwargs = {"normalize_intermediates": True} if self.kind == "vit" else {}
+        out = self.visual.forward_intermediates(pixel_values, indices=[self.token_layer], output_fmt="NCHW", **kwargs)
+        pooled, fmap = out["image_features"], out["image_intermediates"][0]  # fmap (B, C, h, w), no prefix
         return pooled, fmap.flatten(2).transpose(1, 2), tuple(fmap.shape[-2:])
+
+    def _resnet_stages(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        # open_clip's ModifiedResNet.forward_intermediates stops early and has no gradient checkpointing: walk the
+        # stages. Checkpointed stages recompute in backward, so BatchNorm running statistics move twice per step.
+        visual, x = self.visual, pixel_values
+        checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
+        stages = []
+        for block in (visual.stem, visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+            x = checkpoint(block, x, use_reentrant=False) if checkpointing else block(x)
+            stages.append(x)
+        fmap = stages[self.token_layer]  # (B, C, h, w)
+        return visual.attnpool(x), fmap.flatten(2).transpose(1, 2), tuple(fmap.shape[-2:])
 
     def _timm(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         trunk = self.visual.trunk
@@ -144,7 +153,10 @@ class VisionTower(nn.Module):
         return pooled, tokens, grid
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.visual.set_grad_checkpointing(enable)
+        if self.kind == "resnet":
+            self.grad_checkpointing = enable
+        else:
+            self.visual.set_grad_checkpointing(enable)
 
 
 def resolve_model_cfg(cfg: VisionConfig, *, allow_network: bool = False) -> dict:

@@ -168,13 +168,13 @@ class DataConfig:
     text_field: Literal["report", "findings", "impression", "findings_impression"] = "findings_impression"
     batch_size: int = 32
     eval_batch_size: int = 64
-    num_workers: int = 0
+    num_workers: int | None = None  # loader processes; None = one per core the step leaves free, 1 to 4
     augment: bool = True  # random crops/intensity; never left/right flips (laterality is clinical information)
 
     def __post_init__(self):
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError("data: batch sizes must be >= 1")
-        if self.num_workers < 0:
+        if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
 
 

@@ -148,3 +148,24 @@ def test_biomedclip_from_the_hub_builds_and_runs():
     model = build_model(load_config(REPO / "configs" / "biomedclip_lora.yaml"))
     pixels = torch.zeros(1, 3, 224, 224)
     assert model.classify(pixels).shape == (1, len(model.label_names))
+
+
+def test_loaders_prepare_batches_in_background_workers_by_default(tiny_experiment):
+    """``data.num_workers`` unset: at least one loader worker (decoding and augmentation overlap the step), pinned
+    batches on CUDA machines; the batches equal those of an in-process loader (0 workers)."""
+    from mmrad.training.data import build_dataloaders, loader_options
+
+    assert tiny_experiment.data.num_workers is None
+    model = MMRadModel(tiny_experiment.model)
+    data = build_dataloaders(tiny_experiment, model)
+    expected = loader_options(None)
+    assert 1 <= expected["num_workers"] <= 4
+    for loader in (data.train_loader, data.eval_loader):
+        assert loader.num_workers == expected["num_workers"]
+        assert loader.pin_memory == torch.cuda.is_available()
+    tiny_experiment.data.num_workers = 0
+    in_process = build_dataloaders(tiny_experiment, model)
+    assert in_process.train_loader.num_workers == 0
+    background, foreground = next(iter(data.train_loader)), next(iter(in_process.train_loader))
+    torch.testing.assert_close(background["pixel_values"], foreground["pixel_values"], atol=0, rtol=0)
+    assert torch.equal(background["input_ids"], foreground["input_ids"])

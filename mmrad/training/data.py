@@ -8,6 +8,7 @@ uninterrupted one, whatever the number of DataLoader workers.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -105,6 +106,17 @@ class ReportFeatures:
         return pooled, self.tokens[idx].to(device), self.masks[idx].to(device)
 
 
+def loader_options(num_workers: int | None) -> dict:
+    """DataLoader keywords for ``data.num_workers`` (None = the default: one worker per core the training step leaves
+    free, at least 1 so that decoding and augmentation overlap the step, at most 4). Batches are pinned on CUDA
+    machines. Workers are not persistent: each holds a copy of the sampler, whose epoch seeds the augmentations, so
+    they restart every epoch to see ``set_epoch``."""
+    if num_workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        num_workers = max(1, min(4, cores - 1))
+    return {"num_workers": num_workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": False}
+
+
 def text_tower_frozen(model) -> bool:
     return not any(p.requires_grad for p in model.text.parameters())
 
@@ -139,10 +151,9 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
         batch_size=cfg.data.batch_size,
         sampler=sampler,
         collate_fn=train_collator,
-        num_workers=cfg.data.num_workers,
         drop_last=len(splits["train"]) >= 2 * cfg.data.batch_size,  # a 1-row last batch gives no contrastive signal
         generator=torch.Generator().manual_seed(cfg.train.seed),  # workers' seeds must not draw from the global RNG
-        persistent_workers=False,
+        **loader_options(cfg.data.num_workers),
     )
     eval_loader = None
     if eval_split in splits and len(splits[eval_split]) > 0:
@@ -152,7 +163,7 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
             batch_size=cfg.data.eval_batch_size,
             shuffle=False,
             collate_fn=eval_collator,
-            num_workers=cfg.data.num_workers,
+            **loader_options(cfg.data.num_workers),
         )
     else:
         logger.warning("the corpus has no %s rows: no evaluation during training", eval_split)

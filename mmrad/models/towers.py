@@ -273,8 +273,14 @@ class TextTower(nn.Module):
             self.encoder.set_grad_checkpointing(enable)
             return
         model = self.encoder if self.kind == "hf" else self.encoder.transformer
-        if enable:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}  # reentrant checkpoints pass no gradient to adapters behind frozen inputs
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (the gradient_* names warn)
+            if enable:
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.activation_checkpointing_disable()
+        elif enable:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_disable()
 

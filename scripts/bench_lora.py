@@ -34,7 +34,7 @@ BERT_BASE = dict(model_type="bert", vocab_size=30522, hidden_size=768, num_hidde
                  intermediate_size=3072, max_position_embeddings=512)  # fmt: skip
 
 
-def build(lora: bool, text_length: int):
+def build(lora: bool, text_length: int, dropout: float | None = None):
     """The model of one mode; returns (model, LoRA settings)."""
     import open_clip
 
@@ -42,6 +42,8 @@ def build(lora: bool, text_length: int):
     from mmrad.models import MMRadModel, apply_lora
 
     settings = load_config(REPO / "configs" / "biomedclip_lora.yaml").lora
+    if dropout is not None:
+        settings.dropout = dropout
     config = MMRadConfig.from_dict(
         {
             "projection_dim": 256,
@@ -78,7 +80,7 @@ def child(mode: str, args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     lora, checkpointing = MODES[mode]
-    model, _ = build(lora, args.text_length)
+    model, _ = build(lora, args.text_length, args.lora_dropout)
     model.to(device).train()
     if checkpointing:
         model.set_grad_checkpointing(True)
@@ -127,6 +129,7 @@ def main() -> None:
     parser.add_argument("--text-length", type=int, default=128, help="report tokens")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per mode, after one warm-up step")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
+    parser.add_argument("--lora-dropout", type=float, default=None, help="instead of the config's (0.05)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     add_common_arguments(parser)
     args = parser.parse_args()
@@ -137,6 +140,8 @@ def main() -> None:
     modes = args.modes.split(",")
     argv = [sys.executable, __file__, "--device", args.device, "--batch-size", str(args.batch_size),
             "--text-length", str(args.text_length)]  # fmt: skip
+    if args.lora_dropout is not None:
+        argv += ["--lora-dropout", str(args.lora_dropout)]
     procs = {m: subprocess.Popen([*argv, "--child", m], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for m in modes}  # fmt: skip
     params = {}

@@ -82,11 +82,15 @@ def main() -> None:
             raise SystemExit("the 2-process CSV differs from the 1-process CSV")
         print("2-process CSV == 1-process CSV")
         rate = {p: (args.images - 2) / max(times[(p, "large")] - times[(p, "small")], 1e-9) for p in commands}
-        record(args, "scale_zeroshot_2proc", value=rate[2], baseline=rate[1], ratio=rate[2] / rate[1], goal=1.5,
+        # no goal: on 2 cores one process already runs 2 threads; the figure shows what sharding adds
+        record(args, "scale_zeroshot_2proc", value=rate[2], baseline=rate[1], ratio=rate[2] / rate[1], goal=None,
                higher_is_better=True, unit="img/s after start-up, 2 processes vs 1 (2 cores)")  # fmt: skip
         whole = times[(1, "large")] / times[(2, "large")]
         print(f"whole command ({args.images} images, start-up included): 1 process {times[(1, 'large')]:.1f} s, "
               f"2 processes {times[(2, 'large')]:.1f} s -> speed-up {whole:.2f}")  # fmt: skip
+        record(args, "scale_zeroshot_2proc_whole_command", value=times[(2, "large")], baseline=times[(1, "large")],
+               ratio=times[(2, "large")] / times[(1, "large")], goal=None, higher_is_better=False,
+               unit=f"s for {args.images} images, start-up included, 2 processes vs 1")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def main() -> None:
               f"memory {totals[mode] / 2**30:5.2f} GiB total, +{peaks[mode] / 2**30:5.2f} GiB training")  # fmt: skip
     gib = 2**30
     tag_dropout = "" if args.lora_dropout in (None, 0.0) else f"@dropout{args.lora_dropout:g}"
-    if "lora" in params:
+    if "lora" in params and not tag_dropout:  # the shares do not depend on the dropout
         trainable, total, tower_trainable, tower_total, _ = params["lora"]
         # the goal is on the towers (what LoRA replaces); the decoder, projections and head train in both arms
         record(args, "lora_tower_trainable_share" + tag_dropout, value=100 * tower_trainable / tower_total,

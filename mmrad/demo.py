@@ -161,4 +161,3 @@ def write_examples(model_dir: Path, corpus: Path, out: Path, n: int = 4) -> Path
                           "score": heatmap.score, "peak_in_mask": bool(mask[peak])})  # fmt: skip
     write_json_atomic(out / "index.json", {"entries": index})
     return out / "index.json"
-

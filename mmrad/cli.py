@@ -123,6 +123,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.no_progress,
     )
+    if summary is None:  # another process of `accelerate launch` builds the corpus and prints
+        return 0
     info = summary.info
     splits = ", ".join(f"{name} {count}" for name, count in info.num_rows.items())
     if summary.reused:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import PHANTOM_FINDINGS, REPO
@@ -85,3 +86,34 @@ def test_zero_shot_under_accelerate_launch_writes_the_one_process_csv(tiny_model
     one, two = (tmp_path / "one.csv").read_text(), (tmp_path / "two.csv").read_text()
     assert two == one and len(one.splitlines()) == 7
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 5  # both ranks' shares were scored
+
+
+def test_ingest_under_accelerate_launch_builds_the_one_process_corpus(tmp_path):
+    import datasets
+
+    from mmrad.cli import main
+    from mmrad.data.synthetic import make_phantom_corpus
+
+    make_phantom_corpus(tmp_path / "source", n=140, image_size=48, seed=0)  # 3 shards of 64 rows
+    manifest = str(tmp_path / "source" / "manifest.csv")
+    assert main(["ingest", manifest, "--out", str(tmp_path / "one"), "--image-size", "32", "--no-progress"]) == 0
+    cmd = [
+        str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmrad.cli", "ingest", manifest,
+        "--out", str(tmp_path / "two"), "--image-size", "32", "--no-progress",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("ingested 140 of 140 rows") == 1  # the main process builds and prints
+    # both processes decoded shards: 0 and 2 on the first, 1 on the second
+    assert (
+        "process 0 of 2: 2 shard(s) decoded" in result.stderr and "process 1 of 2: 1 shard(s) decoded" in result.stderr
+    )
+    one, two = datasets.load_from_disk(str(tmp_path / "one")), datasets.load_from_disk(str(tmp_path / "two"))
+    assert {k: len(v) for k, v in one.items()} == {k: len(v) for k, v in two.items()}
+    for name in one:
+        a, b = one[name].with_format("numpy"), two[name].with_format("numpy")
+        for column in ("patient_key", "report", "manifest_row"):
+            assert list(a[column]) == list(b[column]), (name, column)
+        assert all((x == y).all() for x, y in zip(a["image"], b["image"], strict=True))
+        assert np.array_equal(np.asarray(a["labels"]), np.asarray(b["labels"]), equal_nan=True)

@@ -232,7 +232,7 @@ def ingest(
     salt: str | None = None,
     force: bool = False,
     progress: bool = True,
-) -> IngestSummary:
+) -> IngestSummary | None:
     """Build a cached corpus from a manifest (CSV, JSONL, Parquet) or a folder tree of studies.
 
     Args:
@@ -252,7 +252,9 @@ def ingest(
         progress: show progress bars.
 
     Returns:
-        An :class:`IngestSummary`; its ``info`` is also saved as ``out_dir/mmrad_corpus.json``.
+        An :class:`IngestSummary`; its ``info`` is also saved as ``out_dir/mmrad_corpus.json``. Under
+        ``accelerate launch`` every process decodes a share of the images and the main process builds the corpus and
+        returns the summary; the others return None.
 
     Raises:
         ManifestError: the manifest cannot be read or lacks required columns.
@@ -304,8 +306,22 @@ def ingest(
         return IngestSummary(out, existing, reused=True, shards_reused=len(shards),
                              seconds=time.perf_counter() - start)  # fmt: skip
 
+    state = launched_processes()
+    if state is not None:
+        # under `accelerate launch`: each process decodes its share of the shards into the shared cache; the main
+        # process then builds the corpus from the cache while the others are done
+        with writing(out):
+            mine = decode_shards(shards[state.process_index :: state.num_processes], opts, cache, num_proc,
+                                 progress and state.is_main_process)  # fmt: skip
+        logger.info("process %d of %d: %d shard(s) decoded", state.process_index, state.num_processes, mine)
+        from accelerate.utils import gather_object
+
+        decoded = sum(gather_object([mine]))  # a collective: every process has finished its shards
+        if not state.is_main_process:
+            state.destroy_process_group()
+            return None
     with writing(out):  # a full disk while caching images: the message names the corpus folder
-        decoded = decode_shards(shards, opts, cache, num_proc, progress)
+        decoded = decode_shards(shards, opts, cache, num_proc, progress) + (decoded if state is not None else 0)
     logger.info("images: %d shard(s) decoded, %d reused from %s", decoded, len(shards) - decoded, cache)
 
     from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
@@ -390,8 +406,22 @@ def ingest(
     _clean_cache(cache, {s.key for s in shards})
     logger.info("corpus %s: %d row(s) kept, %d rejected (%s)", out, sum(info.num_rows.values()), len(rejects),
                 out / REJECTS_FILE)  # fmt: skip
+    if state is not None:
+        state.destroy_process_group()
     return IngestSummary(out, info, reused=False, shards_reused=len(shards) - decoded, shards_decoded=decoded,
                          seconds=time.perf_counter() - start)  # fmt: skip
+
+
+def launched_processes():
+    """The accelerate ``PartialState`` when this process is one of several (``accelerate launch``, ``torchrun``),
+    else None. ``ACCELERATE_USE_CPU=1`` is passed on: ``PartialState`` does not read it by itself."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    return state if state.num_processes > 1 else None
 
 
 def _subset(features, columns):

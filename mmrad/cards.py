@@ -153,29 +153,16 @@ def _model_index(metrics: dict | None, model_name: str) -> list:
                 EvalResult(metric_type="roc_auc", metric_name=f"AUROC {name}", metric_value=row["auroc"], **common)
             )
     if "zero_shot" in metrics:
+        zero_shot = {**common, "task_type": "zero-shot-image-classification"}
         results.append(
-            EvalResult(
-                task_type="zero-shot-image-classification",
-                dataset_type="mmrad-corpus",
-                dataset_name="evaluation corpus",
-                dataset_split=metrics.get("split"),
-                metric_type="roc_auc",
-                metric_name="zero-shot fusion macro AUROC",
-                metric_value=metrics["zero_shot"]["fusion"]["macro_auroc"],
-            )
-        )
+            EvalResult(metric_type="roc_auc", metric_name="zero-shot fusion macro AUROC",
+                       metric_value=metrics["zero_shot"]["fusion"]["macro_auroc"], **zero_shot)
+        )  # fmt: skip
     if "grounding" in metrics and "attention" in metrics["grounding"]:
         results.append(
-            EvalResult(
-                task_type="image-classification",
-                dataset_type="mmrad-corpus",
-                dataset_name="evaluation corpus",
-                dataset_split=metrics.get("split"),
-                metric_type="pointing_game",
-                metric_name="grounding pointing game",
-                metric_value=metrics["grounding"]["attention"]["pointing_game"],
-            )
-        )
+            EvalResult(metric_type="pointing_game", metric_name="grounding pointing game",
+                       metric_value=metrics["grounding"]["attention"]["pointing_game"], **common)
+        )  # fmt: skip
     return results
 
 

@@ -134,6 +134,7 @@ def write_examples(model_dir: Path, corpus: Path, out: Path, n: int = 4) -> Path
     import datasets
     import numpy as np
 
+    from mmrad.data.transforms import to_float_array
     from mmrad.grounding import ground_report, overlay
     from mmrad.models.modeling import MMRadModel
     from mmrad.training.evaluation import write_json_atomic
@@ -148,7 +149,7 @@ def write_examples(model_dir: Path, corpus: Path, out: Path, n: int = 4) -> Path
         masks = {m["label"]: np.asarray(m["mask"]) > 0 for m in row["masks"] or [] if m["label"] in model.label_names}
         if not masks:
             continue
-        image = np.asarray(row["image"], dtype=np.float32) / (65535.0 if row["bit_depth"] > 8 else 255.0)
+        image = to_float_array(row["image"])
         studies += 1
         for heatmap in ground_report(model, image, row["report"]):
             mask = masks.get(heatmap.finding)

@@ -74,13 +74,11 @@ def _grounding_extra(model, size: int, smooth: float = 0.5):
     smoothed as :func:`mmrad.grounding.ground` smooths the maps it returns (Gaussian, ``smooth`` patches)."""
     from mmrad.grounding import _gaussian_blur
 
-    plain = model
-
     def extra(batch: dict, out) -> dict[str, torch.Tensor]:
         if "masks" not in batch:  # boxes only: draw them as masks
-            batch["masks"], batch["mask_valid"] = boxes_to_masks(batch["boxes"], plain.label_names, size)
+            batch["masks"], batch["mask_valid"] = boxes_to_masks(batch["boxes"], model.label_names, size)
         grid = out.grid
-        attention = plain.attention_maps(out.query_attentions, grid)  # (B, K, h, w)
+        attention = model.attention_maps(out.query_attentions, grid)  # (B, K, h, w)
         patches = F.normalize(out.patch_embeds.float(), dim=-1)  # (B, N, P)
         cosine = torch.einsum("bnp,kp->bkn", patches, out.query_embeds.float()).unflatten(-1, grid)
         up = [
@@ -139,19 +137,20 @@ def grounding_block(pred: Predictions, names: list[str]) -> dict:
     valid = pred.extra["mask_valid"].astype(bool) & (pred.labels == 1)
     masks = pred.extra["masks"]
     block: dict = {"pairs": int(valid.sum())}
+    pairs = list(zip(*np.nonzero(valid), strict=True))
+    if not pairs:
+        return block
+    metric = load_metric("grounding")
     for method in ("attention", "cosine"):
         maps = pred.extra[method]
-        pairs = list(zip(*np.nonzero(valid), strict=True))
-        if not pairs:
-            continue
-        overall = load_metric("grounding").compute(
+        overall = metric.compute(
             predictions=[maps[r, c] for r, c in pairs], references=[masks[r, c].astype(np.uint8) for r, c in pairs]
         )
         per_finding = {}
         for k, name in enumerate(names):
             rk = np.nonzero(valid[:, k])[0]
             if len(rk):
-                per_finding[name] = load_metric("grounding").compute(
+                per_finding[name] = metric.compute(
                     predictions=[maps[r, k] for r in rk], references=[masks[r, k].astype(np.uint8) for r in rk]
                 )
         block[method] = {**overall, "per_finding": per_finding}
@@ -188,7 +187,7 @@ def evaluate_corpus(
     from torch.utils.data import DataLoader
 
     from mmrad.data.collate import MMRadCollator
-    from mmrad.data.corpus import load_corpus
+    from mmrad.data.corpus_io import load_corpus
     from mmrad.errors import MMRadError
     from mmrad.metrics import load_metric
     from mmrad.models.modeling import MMRadModel

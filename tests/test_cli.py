@@ -34,12 +34,12 @@ def test_info_reports_versions_codecs_and_device(capsys):
 
 
 def test_failure_is_one_line_exit_1(capsys, monkeypatch):
-    import mmrad.cli as cli
+    import mmrad.commands.info as info
 
     def boom(args):
         raise ValueError("something\nwent wrong")
 
-    monkeypatch.setattr(cli, "_run_info", boom)
+    monkeypatch.setattr(info, "_run_info", boom)
     assert main(["info"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "mmrad: error: something went wrong"

@@ -1,0 +1,49 @@
+"""``mmrad info``: versions, DICOM codecs and the device Accelerate would use."""
+
+from __future__ import annotations
+
+import argparse
+
+from mmrad import __version__
+from mmrad.commands import command
+
+_INFO_PACKAGES = (
+    "torch", "torchvision", "open_clip_torch", "timm", "transformers", "tokenizers", "peft", "accelerate",
+    "datasets", "evaluate", "huggingface_hub", "safetensors", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg", "numpy", "pillow",
+)  # fmt: skip
+
+
+@command("info")
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="versions, DICOM codecs and the device Accelerate would use")
+    p.set_defaults(func=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    print(f"mmrad {__version__} (Python {platform.python_version()}, {platform.machine()})")
+    print("\npackages:")
+    for name in _INFO_PACKAGES:
+        try:
+            print(f"  {name:<20} {version(name)}")
+        except PackageNotFoundError:
+            print(f"  {name:<20} not installed")
+
+    from mmrad.data.dicom import decodable_transfer_syntaxes
+
+    print("\nDICOM transfer syntaxes:")
+    for name, ok in decodable_transfer_syntaxes().items():
+        print(f"  {'yes' if ok else 'NO ':<4} {name}")
+
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState()
+    print("\ndevice:")
+    print(f"  accelerate device    {state.device}")
+    print(f"  cuda available       {torch.cuda.is_available()} ({torch.cuda.device_count()} device(s))")
+    print(f"  cpu threads          {torch.get_num_threads()}")
+    return 0

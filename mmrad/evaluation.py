@@ -72,15 +72,14 @@ def slug(name: str) -> str:
 def _grounding_extra(model, size: int, smooth: float = 0.5):
     """``predict`` hook: per sample, the attention and cosine maps of every finding query at the input's size,
     smoothed as :func:`mmrad.grounding.ground` smooths the maps it returns (Gaussian, ``smooth`` patches)."""
-    from mmrad.grounding import _gaussian_blur
+    from mmrad.grounding import _gaussian_blur, cosine_maps
 
     def extra(batch: dict, out) -> dict[str, torch.Tensor]:
         if "masks" not in batch:  # boxes only: draw them as masks
             batch["masks"], batch["mask_valid"] = boxes_to_masks(batch["boxes"], model.label_names, size)
         grid = out.grid
         attention = model.attention_maps(out.query_attentions, grid)  # (B, K, h, w)
-        patches = F.normalize(out.patch_embeds.float(), dim=-1)  # (B, N, P)
-        cosine = torch.einsum("bnp,kp->bkn", patches, out.query_embeds.float()).unflatten(-1, grid)
+        cosine = cosine_maps(out.patch_embeds.float(), out.query_embeds.float(), grid)  # (B, K, h, w)
         up = [
             F.interpolate(m.float(), size=(size, size), mode="bilinear", align_corners=False)
             for m in (attention, cosine)

@@ -47,9 +47,14 @@ def grid_maps(model, pixel_values: torch.Tensor, phrases: list[str], method: str
     if method == "attention":
         logits, attentions = model.decode(memory, queries)
         return model.attention_maps(attentions, grid, last_k), torch.sigmoid(logits)
-    patches = F.normalize(memory, dim=-1)  # (B, N, P)
-    cosine = torch.einsum("bnp,qp->bqn", patches, queries)  # (B, Q, N)
-    return cosine.unflatten(-1, grid), cosine.amax(dim=-1)
+    maps = cosine_maps(memory, queries, grid)
+    return maps, maps.flatten(-2).amax(dim=-1)
+
+
+def cosine_maps(patch_embeds: torch.Tensor, query_embeds: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, Q, h, w) cosine between each projected patch token (B, N, P) and each query embedding (Q, P)."""
+    patches = F.normalize(patch_embeds, dim=-1)
+    return torch.einsum("bnp,qp->bqn", patches, query_embeds).unflatten(-1, grid)
 
 
 def to_image_space(

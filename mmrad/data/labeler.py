@@ -6,7 +6,8 @@ Pure Python and regular expressions; no parser, no Java. The steps, per sentence
    ``negative_mentions`` of each finding) and its ``exclusions`` are compiled into one regex, read in one pass.
    A match of an exclusion ("pericardial effusion") hides the mentions inside it for that finding only.
 2. **Context.** The cues of the sentence (negation, uncertainty, pseudo-negation, clause ends; see
-   :mod:`mmrad.data.negation`) give each mention a value: 1 positive, 0 negative, -1 uncertain.
+   :mod:`mmrad.data.negation_cues` and :mod:`mmrad.data.negation`) give each mention a value: 1 positive, 0
+   negative, -1 uncertain.
    An ``uncertain_mentions`` phrase ("blunting of the costophrenic angle" for an effusion) is at most -1;
    a ``negative_mentions`` phrase ("heart size is normal") says 0 when it is affirmed.
 3. **Aggregation** over all mentions of a finding, as in CheXpert: positive if any mention is positive, else
@@ -27,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmrad.data.negation import NEG, POS, UNC, Context, find_cues, resolve
+from mmrad.data.negation import NEG, POS, UNC, Context, resolve
+from mmrad.data.negation_cues import find_cues
 from mmrad.data.phrases import GAP, compile_phrases, phrase_tokens
 from mmrad.data.reports import lower_text, parse_report
 from mmrad.labels import Vocabulary, load_vocabulary

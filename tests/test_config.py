@@ -3,16 +3,8 @@ import json
 
 import pytest
 
-from mmrad.config import (
-    ConfigError,
-    ExperimentConfig,
-    MMRadConfig,
-    TrainConfig,
-    apply_overrides,
-    from_dict,
-    load_config,
-    parse_override,
-)
+from mmrad.config import ConfigError, ExperimentConfig, MMRadConfig, TrainConfig, load_config
+from mmrad.configio import apply_overrides, from_dict, parse_override
 from tests.conftest import REPO
 
 TINY = REPO / "configs" / "tiny.yaml"

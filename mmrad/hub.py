@@ -103,9 +103,10 @@ def _scan_vocabulary(name: str, path: Path, keys: set[str]) -> list[PhiFinding]:
     digit runs (MRN-like) and the corpus's keys; the sentence patterns would match "token": id pairs."""
     text = path.read_text(encoding="utf-8", errors="replace")
     if path.name == "tokenizer.json":
-        vocab = (json.loads(text).get("model") or {}).get("vocab") or {}
+        data = json.loads(text)
+        vocab = (data.get("model") or {}).get("vocab") or {}
         tokens = list(vocab) if isinstance(vocab, dict) else [entry[0] for entry in vocab]
-        tokens += [t.get("content", "") for t in json.loads(text).get("added_tokens") or []]
+        tokens += [t.get("content", "") for t in data.get("added_tokens") or []]
     else:
         tokens = text.split()
     found = []
@@ -130,7 +131,7 @@ def _safetensors_header(path: Path) -> str:
 
 def corpus_keys(corpus_dir: str | Path) -> set[str]:
     """The hashed patient and study keys recorded in an ingested corpus (what must never appear in an upload)."""
-    from mmrad.data.corpus import load_corpus
+    from mmrad.data.corpus_io import load_corpus
 
     splits, _ = load_corpus(corpus_dir)
     keys: set[str] = set()
@@ -185,6 +186,7 @@ def prepare_upload(
 def _write_upload(src: Path, folder: Path, repo_id, adapter_only, base_model, metrics_file, known_keys) -> None:
     """Fill ``folder`` with what :func:`prepare_upload` uploads, then scan it for patient identifiers."""
     from mmrad.models.modeling import MMRadModel
+    from mmrad.models.serialization import ADAPTER_WEIGHTS_NAME, CONFIG_NAME, PROMPT_BANK_NAME, WEIGHTS_NAME
 
     if adapter_only:
         model = MMRadModel.from_pretrained(src)
@@ -198,7 +200,7 @@ def _write_upload(src: Path, folder: Path, repo_id, adapter_only, base_model, me
             )
         model.save_pretrained(folder, adapter_only=True, base_model=str(base))
     else:
-        for name in ("config.json", "model.safetensors", "adapter_model.safetensors"):
+        for name in (CONFIG_NAME, WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, PROMPT_BANK_NAME):
             if (src / name).is_file():
                 shutil.copy2(src / name, folder / name)
         if (src / "tokenizer").is_dir():

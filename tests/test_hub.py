@@ -138,6 +138,7 @@ def test_dry_run_writes_the_exact_upload_folder(model_dir, tmp_path):
     folder = push(model_dir, "org/model", dry_run=tmp_path / "dry")
     names = sorted(p.relative_to(folder).as_posix() for p in (tmp_path / "dry").rglob("*") if p.is_file())
     assert {"config.json", "model.safetensors", "metrics.json", "data_summary.json", "README.md"} <= set(names)
+    assert "prompt_bank.yaml" in names and (model_dir / "prompt_bank.yaml").is_file()  # zero-shot phrasings travel
     assert yaml.safe_load((tmp_path / "dry" / "README.md").read_text().split("---")[1])["library_name"] == "mmrad"
     with pytest.raises(MMRadError, match="not empty"):
         prepare_upload(model_dir, tmp_path / "dry", repo_id="org/model")

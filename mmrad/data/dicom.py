@@ -15,21 +15,17 @@ import logging
 import math
 import os
 import stat
-from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from os import PathLike
-from typing import Literal
 
 import numpy as np
 
 from mmrad.data.privacy import hash_identifier
-from mmrad.data.voi import LUT, WINDOW_FUNCTIONS, GreyPipeline
+from mmrad.data.voi import Window, grey_pipeline
 from mmrad.errors import MMRadImageError
 
 logger = logging.getLogger(__name__)
-
-Window = Literal["auto", "none", "minmax"] | tuple[float, float]
 
 GREY = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
@@ -117,14 +113,8 @@ def read_dicom(
     with _values_not_validated():
         try:
             ds = pydicom.dcmread(path, force=not _has_preamble(path))
-        except FileNotFoundError as err:
-            raise MMRadImageError(path, "file not found") from err
-        except IsADirectoryError as err:
-            raise MMRadImageError(path, "is a directory, not a file") from err
-        except PermissionError as err:
-            raise MMRadImageError(path, "permission denied") from err
         except Exception as err:  # pydicom's parser raises many types on damaged files
-            raise MMRadImageError(path, f"not a readable DICOM file ({_short(err)})") from err
+            raise file_error(path, err, f"not a readable DICOM file ({_short(err)})") from err
         try:
             _infer_transfer_syntax(ds)
             return _pixels_from_dataset(ds, path, window=window, frame=frame, invert=invert_monochrome1, salt=salt)
@@ -156,16 +146,23 @@ def check_file(path: str | PathLike) -> None:
     """
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError as err:
-        raise MMRadImageError(path, "file not found") from err
-    except PermissionError as err:
-        raise MMRadImageError(path, "permission denied") from err
     except OSError as err:
-        raise MMRadImageError(path, f"cannot read file ({err.strerror or err})") from err
+        raise file_error(path, err, f"cannot read file ({err.strerror or err})") from err
     if stat.S_ISDIR(mode):
         raise MMRadImageError(path, "is a directory, not a file")
     if not stat.S_ISREG(mode):
         raise MMRadImageError(path, "not a regular file (a FIFO, socket or device)")
+
+
+def file_error(path: str | PathLike, err: BaseException, otherwise: str) -> MMRadImageError:
+    """The error for a file that failed to open or stat: missing, a directory or not permitted, else ``otherwise``."""
+    if isinstance(err, FileNotFoundError):
+        return MMRadImageError(path, "file not found")
+    if isinstance(err, IsADirectoryError):
+        return MMRadImageError(path, "is a directory, not a file")
+    if isinstance(err, PermissionError):
+        return MMRadImageError(path, "permission denied")
+    return MMRadImageError(path, otherwise)
 
 
 def _has_preamble(path: str | PathLike) -> bool:
@@ -236,7 +233,7 @@ def _pixels_from_dataset(ds, path, *, window: Window, frame: int, invert: bool, 
         if arr.ndim != 2:
             raise MMRadImageError(path, f"unexpected grey pixel array shape {arr.shape}")
         inverted = photometric == "MONOCHROME1" and invert
-        pipeline = _grey_pipeline(arr, ds, window, bits_stored, signed, inverted)
+        pipeline = grey_pipeline(arr, ds, window, bits_stored, signed, inverted)
         out, applied_window = pipeline(arr), pipeline.window
     else:
         if photometric == "PALETTE COLOR":
@@ -268,69 +265,6 @@ def _codec_message(tsyntax, err: BaseException) -> str:
         hint = f"; install one with: pip install {packages}" if packages else ""
         return f"no decoder installed for transfer syntax {name} ({tsyntax}){hint}"
     return f"the {name} decoder failed on this file ({_short(err)})"
-
-
-def _grey_pipeline(arr: np.ndarray, ds, window: Window, bits_stored: int, signed: bool, inverted: bool):
-    """Read the Modality LUT / rescale and the VOI choice from the header into a :class:`GreyPipeline`."""
-    pipeline = GreyPipeline(invert=inverted)
-    mlut = ds.get("ModalityLUTSequence")
-    if mlut:
-        pipeline.modality_lut, depth = _lut(mlut[0], ds, signed)
-        pipeline.value_range = (0.0, float(2**depth - 1))
-    else:
-        pipeline.slope = float(ds.get("RescaleSlope", 1) or 1)
-        pipeline.intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        lo, hi = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1) if signed else (0, 2**bits_stored - 1)
-        ends = sorted((lo * pipeline.slope + pipeline.intercept, hi * pipeline.slope + pipeline.intercept))
-        pipeline.value_range = (ends[0], ends[1])
-
-    if isinstance(window, tuple | list):
-        pipeline.window = (float(window[0]), float(window[1]))
-    elif window == "minmax":  # the range of this frame's modality values
-        ends = np.array([arr.min(), arr.max()])
-        mapped = pipeline.modality_lut(ends) if mlut else ends * pipeline.slope + pipeline.intercept
-        pipeline.value_range = (float(mapped.min()), float(mapped.max()))
-    elif window == "auto":
-        voi_seq = ds.get("VOILUTSequence")
-        if voi_seq and "LUTDescriptor" in voi_seq[0] and "LUTData" in voi_seq[0]:
-            pipeline.voi_lut, depth = _lut(voi_seq[0], ds, signed)
-            pipeline.voi_lut_max = float(2**depth - 1)
-        elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-            try:
-                center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-            except (TypeError, ValueError, IndexError):
-                center = width = math.nan
-            function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-            if math.isfinite(center) and math.isfinite(width) and width > 0 and function in WINDOW_FUNCTIONS:
-                pipeline.window, pipeline.function = (center, width), function
-            else:
-                logger.warning("ignoring invalid window (center=%s, width=%s, function=%s)", center, width, function)
-    elif window != "none":
-        raise ValueError(f"window must be 'auto', 'none', 'minmax' or (center, width), got {window!r}")
-    return pipeline
-
-
-def _lut(item, ds, signed: bool) -> tuple[LUT, int]:
-    """A Modality or VOI LUT item (PS3.3 C.11.1.1 / C.11.2.1.1) as a :class:`LUT` and its output bit depth."""
-    descriptor = [int(v) for v in item.LUTDescriptor]
-    entries = descriptor[0] or 65536
-    first = descriptor[1]
-    if signed and first >= 2**15:  # the descriptor's first value is SS for signed pixel data
-        first -= 2**16
-    data = item.LUTData
-    if isinstance(data, bytes | bytearray):  # OW: raw 16-bit words in the dataset's byte order
-        order = "<" if getattr(ds, "original_encoding", (None, True))[1] is not False else ">"
-        values = np.frombuffer(bytes(data), dtype=f"{order}u2", count=entries)
-    else:
-        values = np.asarray(list(data) if isinstance(data, Sequence) else [data])
-    return LUT(first, values.astype(np.float32)), descriptor[2]
-
-
-def _first(value) -> float:
-    """First value of a possibly multi-valued DS element."""
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        value = value[0]
-    return float(value)
 
 
 def _pixel_spacing(ds) -> tuple[float, float] | None:

@@ -89,7 +89,7 @@ class _OncePerMessage(logging.Filter):
 
 
 @contextmanager
-def warnings_once(names=("mmrad.data.dicom", "mmrad.data.images")):
+def warnings_once(names=("mmrad.data.dicom", "mmrad.data.voi", "mmrad.data.images")):
     """Within the block, each warning message of the readers' loggers is shown once (worker processes started in
     the block inherit the filter and show each once too)."""
     once = _OncePerMessage()

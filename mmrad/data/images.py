@@ -13,7 +13,7 @@ from os import PathLike
 
 import numpy as np
 
-from mmrad.data.dicom import DicomMeta, Window, check_file, is_dicom, read_dicom
+from mmrad.data.dicom import DicomMeta, Window, check_file, file_error, is_dicom, read_dicom
 from mmrad.errors import MMRadImageError
 
 logger = logging.getLogger(__name__)
@@ -56,14 +56,8 @@ def load_image(
     try:
         with open(path, "rb") as f:
             head = f.read(16)
-    except FileNotFoundError as err:
-        raise MMRadImageError(path, "file not found") from err
-    except IsADirectoryError as err:
-        raise MMRadImageError(path, "is a directory, not a file") from err
-    except PermissionError as err:
-        raise MMRadImageError(path, "permission denied") from err
     except OSError as err:
-        raise MMRadImageError(path, f"cannot read file ({err.strerror or err})") from err
+        raise file_error(path, err, f"cannot read file ({err.strerror or err})") from err
     if not head:
         raise MMRadImageError(path, "empty file (0 bytes)")
     if is_dicom(path):

@@ -1,6 +1,7 @@
 """Grey-level mapping of DICOM pixels to [0, 1]: Modality LUT, VOI LUT or window, and MONOCHROME1 inversion.
 
-Pure numpy; :mod:`mmrad.data.dicom` reads the parameters from the header into a :class:`GreyPipeline`.
+Pure numpy, no pydicom import: :func:`grey_pipeline` reads the parameters from a dataset that
+:mod:`mmrad.data.dicom` has read into a :class:`GreyPipeline`, which maps the pixels.
 Formulas follow DICOM PS3.3 C.11.1 (Modality LUT), C.11.2.1.2 (LINEAR window), C.11.2.1.3 (LINEAR_EXACT, SIGMOID).
 When every step is linear (rescale, linear window, range scaling, inversion) they fold into one ``a * x + b``
 followed by a clip: three passes over the image whatever the number of steps.
@@ -8,10 +9,17 @@ followed by a clip: three passes over the image whatever the number of steps.
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
+
+Window = Literal["auto", "none", "minmax"] | tuple[float, float]
 WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
 
@@ -111,3 +119,69 @@ def window(values: np.ndarray, center: float, width: float, function: str = "LIN
             return (values > center).astype(np.float32)
     out = (values - np.float32(center)) / np.float32(width) + np.float32(0.5)
     return np.clip(out, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------- from the header
+
+
+def grey_pipeline(arr: np.ndarray, ds, window: Window, bits_stored: int, signed: bool, inverted: bool):
+    """Read the Modality LUT / rescale and the VOI choice from a pydicom dataset into a :class:`GreyPipeline`."""
+    pipeline = GreyPipeline(invert=inverted)
+    mlut = ds.get("ModalityLUTSequence")
+    if mlut:
+        pipeline.modality_lut, depth = _lut(mlut[0], ds, signed)
+        pipeline.value_range = (0.0, float(2**depth - 1))
+    else:
+        pipeline.slope = float(ds.get("RescaleSlope", 1) or 1)
+        pipeline.intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        lo, hi = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1) if signed else (0, 2**bits_stored - 1)
+        ends = sorted((lo * pipeline.slope + pipeline.intercept, hi * pipeline.slope + pipeline.intercept))
+        pipeline.value_range = (ends[0], ends[1])
+
+    if isinstance(window, tuple | list):
+        pipeline.window = (float(window[0]), float(window[1]))
+    elif window == "minmax":  # the range of this frame's modality values
+        ends = np.array([arr.min(), arr.max()])
+        mapped = pipeline.modality_lut(ends) if mlut else ends * pipeline.slope + pipeline.intercept
+        pipeline.value_range = (float(mapped.min()), float(mapped.max()))
+    elif window == "auto":
+        voi_seq = ds.get("VOILUTSequence")
+        if voi_seq and "LUTDescriptor" in voi_seq[0] and "LUTData" in voi_seq[0]:
+            pipeline.voi_lut, depth = _lut(voi_seq[0], ds, signed)
+            pipeline.voi_lut_max = float(2**depth - 1)
+        elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+            try:
+                center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+            except (TypeError, ValueError, IndexError):
+                center = width = math.nan
+            function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+            if math.isfinite(center) and math.isfinite(width) and width > 0 and function in WINDOW_FUNCTIONS:
+                pipeline.window, pipeline.function = (center, width), function
+            else:
+                logger.warning("ignoring invalid window (center=%s, width=%s, function=%s)", center, width, function)
+    elif window != "none":
+        raise ValueError(f"window must be 'auto', 'none', 'minmax' or (center, width), got {window!r}")
+    return pipeline
+
+
+def _lut(item, ds, signed: bool) -> tuple[LUT, int]:
+    """A Modality or VOI LUT item (PS3.3 C.11.1.1 / C.11.2.1.1) as a :class:`LUT` and its output bit depth."""
+    descriptor = [int(v) for v in item.LUTDescriptor]
+    entries = descriptor[0] or 65536
+    first = descriptor[1]
+    if signed and first >= 2**15:  # the descriptor's first value is SS for signed pixel data
+        first -= 2**16
+    data = item.LUTData
+    if isinstance(data, bytes | bytearray):  # OW: raw 16-bit words in the dataset's byte order
+        order = "<" if getattr(ds, "original_encoding", (None, True))[1] is not False else ">"
+        values = np.frombuffer(bytes(data), dtype=f"{order}u2", count=entries)
+    else:
+        values = np.asarray(list(data) if isinstance(data, Sequence) else [data])
+    return LUT(first, values.astype(np.float32)), descriptor[2]
+
+
+def _first(value) -> float:
+    """First value of a possibly multi-valued DS element."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        value = value[0]
+    return float(value)

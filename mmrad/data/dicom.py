@@ -3,7 +3,8 @@
 :func:`read_dicom` returns float32 pixels in [0, 1] with bone bright, after the Modality LUT (rescale or LUT
 sequence), the VOI LUT or window (DICOM PS3.3 C.11.2), BitsStored-based scaling, and MONOCHROME1 inversion, plus a
 :class:`DicomMeta` that carries no patient identifiers (only salted hashes). Compressed transfer syntaxes decode
-through pydicom's plugins (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg).
+through pydicom's plugins (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg). The grey-level steps are
+:mod:`mmrad.data.voi`'s (:func:`~mmrad.data.voi.grey_pipeline`).
 
 After torchxrayvision's ``read_xray_dcm``; windowing follows the formulas of the standard (as pydicom's
 ``apply_windowing`` does) but runs in float32 and outputs [0, 1] directly.

@@ -83,7 +83,7 @@ class Starvation:
         import torch
 
         from mmrad.config import load_config
-        from mmrad.data.corpus import load_corpus
+        from mmrad.data.corpus_io import load_corpus
         from mmrad.models import MMRadModel
         from mmrad.training.data import build_dataloaders
 
@@ -176,7 +176,8 @@ def main() -> None:
 
     from mmrad.config import PreprocessConfig
     from mmrad.data.collate import MMRadCollator
-    from mmrad.data.corpus import ingest, load_corpus
+    from mmrad.data.corpus import ingest
+    from mmrad.data.corpus_io import load_corpus
     from mmrad.data.synthetic import make_phantom_corpus
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))

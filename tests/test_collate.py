@@ -146,7 +146,8 @@ def test_geometry_helpers():
 def test_works_in_a_dataloader_over_a_corpus(tmp_path, tokenizer):
     from torch.utils.data import DataLoader
 
-    from mmrad.data.corpus import ingest, load_corpus
+    from mmrad.data.corpus import ingest
+    from mmrad.data.corpus_io import load_corpus
     from mmrad.data.synthetic import PHANTOM_FINDINGS, make_phantom_corpus
 
     phantom = make_phantom_corpus(tmp_path / "src", n=12, image_size=40, seed=0)

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from mmrad.data import corpus as corpus_mod
-from mmrad.data.corpus import REJECTS_FILE, ingest, load_corpus
+from mmrad.data.corpus import ingest
+from mmrad.data.corpus_io import CACHE_DIR, INFO_FILE, REJECTS_FILE, corpus_features, load_corpus
 from mmrad.data.dicom import write_dicom
 from mmrad.data.manifest import ManifestError, manifest_from_folder, parse_label
 from mmrad.data.splits import SPLIT_NAMES, parse_fractions, patient_split
@@ -125,7 +126,7 @@ def test_datasets_load_from_disk_and_schema(mixed, tmp_path):
     out = tmp_path / "corpus"
     ingest(mixed, out, image_size=40, labels="manifest", progress=False)
     splits = datasets.load_from_disk(str(out))
-    assert list(splits["train"].features) == list(corpus_mod.corpus_features())
+    assert list(splits["train"].features) == list(corpus_features())
 
 
 def test_boxes_rescaled_to_the_cached_image(mixed, tmp_path):
@@ -200,7 +201,7 @@ def test_rerun_reuses_finished_work(mixed, tmp_path, monkeypatch):
     again = ingest(mixed, out, image_size=40, labels="manifest", progress=False)
     assert again.reused and again.info == first.info
     # a crash after decoding (no info file) or a new split seed reuses every decoded shard
-    (out / corpus_mod.INFO_FILE).unlink()
+    (out / INFO_FILE).unlink()
     resumed = ingest(mixed, out, image_size=40, labels="manifest", progress=False, seed=3)
     assert not resumed.reused and resumed.shards_decoded == 0 and resumed.shards_reused == 5
     # an appended row only decodes the last shard
@@ -208,7 +209,7 @@ def test_rerun_reuses_finished_work(mixed, tmp_path, monkeypatch):
         csv.writer(f).writerow(["src/f.png", "No effusion.", "P10", "0", ""])
     grown = ingest(mixed, out, image_size=40, labels="manifest", progress=False, seed=3)
     assert grown.shards_decoded == 1 and grown.shards_reused == 4 and grown.kept == 8
-    assert len(list((out / corpus_mod.CACHE_DIR / "shards").iterdir())) == 5  # the stale shard is cleaned up
+    assert len(list((out / CACHE_DIR / "shards").iterdir())) == 5  # the stale shard is cleaned up
 
 
 def test_parallel_ingest_matches_serial(mixed, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from mmrad.cli import main
-from mmrad.data.corpus import load_corpus
+from mmrad.data.corpus_io import load_corpus
 from mmrad.data.dicom import write_dicom
 from mmrad.data.privacy import hash_identifier
 from mmrad.data.splits import SPLIT_NAMES

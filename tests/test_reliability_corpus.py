@@ -22,7 +22,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless, RLELossless
 
 from mmrad.cli import main
-from mmrad.data.corpus import REJECTS_FILE, load_corpus
+from mmrad.data.corpus_io import REJECTS_FILE, load_corpus
 from mmrad.data.dicom import write_dicom
 from mmrad.data.images import load_image, resize_longest
 from mmrad.data.manifest import parse_label

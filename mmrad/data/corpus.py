@@ -4,23 +4,18 @@
 that the longest side is ``image_size`` and stores it as lossless PNG (16-bit when the source has more than 8 bits).
 Reports are de-identified, split into sections and sentences, and labelled from the manifest or by the report
 labeler. Rows are split by patient. Bad rows are skipped, counted and written to ``rejects.csv`` (``row,path,reason``);
-nothing is dropped silently. :func:`load_corpus` reads the result back with its :class:`CorpusInfo`.
+nothing is dropped silently. :func:`~mmrad.data.corpus_io.load_corpus` reads the result back with its
+:class:`~mmrad.data.corpus_io.CorpusInfo`.
 
 Work is cached under ``DIR/.mmrad_cache``: images are decoded in shards of ``SHARD_ROWS`` manifest rows, each stored
 under a hash of its files (path, size, mtime) and the decode options, so an interrupted or repeated run decodes only
 what changed. A finished corpus records a hash of the whole input; re-running with the same input does nothing.
 
-Row schema (one row per image): ``image`` (PNG), ``report``, ``findings``, ``impression``, ``sentences``,
-``labels`` (float32, NaN = unknown, aligned to ``CorpusInfo.label_names``), ``label_source`` (``manifest``,
-``labeler`` or ``manifest+labeler``), ``boxes`` (``label, x, y, w, h`` in cached-image pixels), ``masks``
-(``label``, ``mask`` PNG at the cached size), ``patient_key``/``study_key`` (salted hashes), ``view``, ``height``,
-``width``, ``orig_height``, ``orig_width``, ``source_format``, ``bit_depth``, ``manifest_row``. No raw identifiers and
-no source paths are stored.
+The corpus folder's layout and row schema, and reading it back, are in :mod:`mmrad.data.corpus_io`.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -36,49 +31,32 @@ from pathlib import Path
 import numpy as np
 
 from mmrad import __version__
+from mmrad.data.corpus_io import (
+    CACHE_DIR,
+    CORPUS_VERSION,
+    REJECTS_FILE,
+    CorpusInfo,
+    corpus_features,
+    read_info,
+    write_corpus,
+)
 from mmrad.data.imagecache import (
     SHARD_ROWS,
     DecodeOptions,
     Shard,
     decode_shards,
     digest,
-    quiet_datasets,
     shard_features,
     shard_key,
 )
 from mmrad.data.manifest import Manifest, ManifestError, ManifestRow, Reject, read_manifest
 from mmrad.data.privacy import default_salt, deidentify_text, hash_identifier
 from mmrad.data.splits import SPLIT_NAMES, parse_fractions, patient_split
-from mmrad.errors import MMRadError, writing
+from mmrad.errors import writing
 
 logger = logging.getLogger(__name__)
 
-CORPUS_VERSION = 1  # bump when the corpus layout changes
-INFO_FILE = "mmrad_corpus.json"
-REJECTS_FILE = "rejects.csv"
-CACHE_DIR = ".mmrad_cache"
 BOX_TOLERANCE = 1.0  # pixels a box may exceed the image by (rounding in the source annotations)
-
-
-@dataclass
-class CorpusInfo:
-    """What a corpus folder holds, stored as ``mmrad_corpus.json`` beside the splits."""
-
-    label_names: list[str]
-    labels: str  # "manifest", "both", or the labeler's vocabulary
-    vocabulary: str
-    image_size: int
-    seed: int
-    split: list[float]
-    num_rows: dict[str, int]  # split -> rows
-    total: int  # manifest records read
-    rejected: int
-    reject_reasons: dict[str, int]  # reason category -> count
-    label_sources: dict[str, int]
-    deidentified: bool  # report text went through deidentify_text
-    key: str  # hash of everything the corpus was built from
-    mmrad_version: str = __version__
-    corpus_version: int = CORPUS_VERSION
 
 
 @dataclass
@@ -103,39 +81,6 @@ class IngestSummary:
     @property
     def rejects_path(self) -> Path:
         return self.out_dir / REJECTS_FILE
-
-
-# --------------------------------------------------------------------------------------------------------- features
-
-
-def corpus_features():
-    """The ``datasets.Features`` of a corpus split."""
-    from datasets import Features, Image, Sequence, Value
-
-    box = {k: Value("float32") for k in ("x", "y", "w", "h")}
-    return Features(
-        {
-            "image": Image(),
-            "report": Value("string"),
-            "findings": Value("string"),
-            "impression": Value("string"),
-            "sentences": Sequence(Value("string")),
-            "labels": Sequence(Value("float32")),
-            "label_source": Value("string"),
-            "boxes": [{"label": Value("string"), **box}],
-            "masks": [{"label": Value("string"), "mask": Image()}],
-            "patient_key": Value("string"),
-            "study_key": Value("string"),
-            "view": Value("string"),
-            "height": Value("int32"),
-            "width": Value("int32"),
-            "orig_height": Value("int32"),
-            "orig_width": Value("int32"),
-            "source_format": Value("string"),
-            "bit_depth": Value("int32"),
-            "manifest_row": Value("int64"),
-        }
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------- ingest
@@ -300,7 +245,7 @@ def ingest(
         "vocab_digest": digest([dataclasses.asdict(f) for f in load_vocabulary(vocab).findings.values()]),
     }
     key = _corpus_key(table, shards, opts, settings)
-    existing = _read_info(out)
+    existing = read_info(out)
     if not force and existing is not None and existing.key == key and (out / "dataset_dict.json").is_file():
         logger.info("%s already holds this corpus (same manifest, files and options): nothing to do", out)
         return IngestSummary(out, existing, reused=True, shards_reused=len(shards),
@@ -402,7 +347,7 @@ def ingest(
         deidentified=not keep_report_text,
         key=key,
     )
-    _write_corpus(out, splits, info, [(r.row, r.path or path_of.get(r.row, ""), r.reason) for r in rejects])
+    write_corpus(out, splits, info, [(r.row, r.path or path_of.get(r.row, ""), r.reason) for r in rejects])
     _clean_cache(cache, {s.key for s in shards})
     logger.info("corpus %s: %d row(s) kept, %d rejected (%s)", out, sum(info.num_rows.values()), len(rejects),
                 out / REJECTS_FILE)  # fmt: skip
@@ -430,81 +375,9 @@ def _subset(features, columns):
     return Features({k: features[k] for k in columns})
 
 
-def _write_corpus(out: Path, splits, info: CorpusInfo, rejects: list[tuple[int, str, str]]) -> None:
-    """Write splits, rejects.csv and the info file so that a crash never leaves a corpus that looks finished."""
-    staging = out / CACHE_DIR / "staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        with writing(out), quiet_datasets():
-            # datasets cannot load an empty split saved with zero shards: give empty splits one (empty) shard
-            splits.save_to_disk(str(staging), num_shards={name: 1 for name, split in splits.items() if not len(split)})
-            with (staging / REJECTS_FILE).open("w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f)
-                writer.writerow(["row", "path", "reason"])
-                writer.writerows(rejects)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # a full disk: the previous corpus (if any) is untouched
-        raise
-    (out / INFO_FILE).unlink(missing_ok=True)  # the info file marks a finished corpus: it goes first, comes last
-    for name in ["dataset_dict.json", REJECTS_FILE, *splits]:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(staging / name, target)
-    shutil.rmtree(staging, ignore_errors=True)
-    tmp = out / f"{INFO_FILE}.tmp"
-    with writing(out / INFO_FILE):
-        try:
-            tmp.write_text(json.dumps(dataclasses.asdict(info), indent=2, allow_nan=False), encoding="utf-8")
-            os.replace(tmp, out / INFO_FILE)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
 def _clean_cache(cache: Path, keep: set[str]) -> None:
     if not cache.is_dir():
         return
     for entry in cache.iterdir():
         if entry.name not in keep:
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _read_info(path: Path) -> CorpusInfo | None:
-    try:
-        data = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    known = {f.name for f in dataclasses.fields(CorpusInfo)}
-    try:
-        return CorpusInfo(**{k: v for k, v in data.items() if k in known})
-    except TypeError:
-        return None
-
-
-def load_corpus(path: str | PathLike):
-    """Load an ingested corpus.
-
-    Returns:
-        ``(splits, info)``: the ``datasets.DatasetDict`` (train/validation/test) and its :class:`CorpusInfo`
-        (``info.label_names`` is aligned to each row's ``labels``).
-
-    Raises:
-        MMRadError: the folder is not a finished mmrad corpus.
-    """
-    from datasets import load_from_disk
-
-    path = Path(path)
-    info = _read_info(path)
-    if info is None or not (path / "dataset_dict.json").is_file():
-        raise MMRadError(f"{path}: not an mmrad corpus (no {INFO_FILE}; build one with `mmrad ingest`)")
-    if info.corpus_version > CORPUS_VERSION:
-        raise MMRadError(f"{path}: corpus format {info.corpus_version} is newer than this mmrad ({CORPUS_VERSION})")
-    return load_from_disk(str(path)), info
-
-
-def corpus_label_matrix(split) -> np.ndarray:
-    """The (N, K) float32 labels of a split, read without decoding images."""
-    values = list(split.select_columns(["labels"])["labels"])
-    if not values:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.asarray(values, dtype=np.float32)

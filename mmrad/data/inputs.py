@@ -56,7 +56,7 @@ def collect_inputs(inputs: list[str | Path], *, split: str = "test") -> tuple[li
         if is_corpus(path):
             if corpus_split is not None:
                 raise MMRadError("give at most one corpus folder per run")
-            from mmrad.data.corpus import load_corpus
+            from mmrad.data.corpus_io import load_corpus
 
             splits, _ = load_corpus(path)
             if split not in splits:

@@ -126,7 +126,7 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
     the evaluation loader is None when the split is empty. With a frozen text tower and a loss that reads the
     reports, their features are computed once here."""
     from mmrad.data.collate import MMRadCollator
-    from mmrad.data.corpus import load_corpus
+    from mmrad.data.corpus_io import load_corpus
     from mmrad.errors import MMRadError
 
     if splits is None:

@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 
 from mmrad.cli import main
+from mmrad.feature_cache import TextEmbeddingCache
 from mmrad.prompts import load_prompt_bank
-from mmrad.zeroshot import TextEmbeddingCache, ZeroShotClassifier, query_prompts, run_zero_shot
+from mmrad.zeroshot import ZeroShotClassifier, query_prompts, run_zero_shot
 
 
 def test_query_prompts_bank_templates_and_negated_queries():

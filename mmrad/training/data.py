@@ -117,6 +117,11 @@ def loader_options(num_workers: int | None) -> dict:
     return {"num_workers": num_workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": False}
 
 
+def losses_read_reports(loss) -> bool:
+    """Whether a step needs the reports: only the contrastive and local losses read them."""
+    return loss.contrastive > 0 or loss.local > 0
+
+
 def text_tower_frozen(model) -> bool:
     return not any(p.requires_grad for p in model.text.parameters())
 
@@ -167,6 +172,6 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
         )
     else:
         logger.warning("the corpus has no %s rows: no evaluation during training", eval_split)
-    reads_reports = model.config.loss.contrastive > 0 or model.config.loss.local > 0
-    cache = ReportFeatures(model, train_rows, train_collator) if reads_reports and text_tower_frozen(model) else None
+    frozen = losses_read_reports(model.config.loss) and text_tower_frozen(model)
+    cache = ReportFeatures(model, train_rows, train_collator) if frozen else None
     return TrainData(train_loader, eval_loader, sampler, cache)

@@ -33,7 +33,7 @@ from mmrad.training.checkpoints import (
     remove_partial_checkpoints,
     save_checkpoint,
 )
-from mmrad.training.data import build_dataloaders
+from mmrad.training.data import build_dataloaders, losses_read_reports
 from mmrad.training.evaluation import predict, prediction_metrics, write_json_atomic
 from mmrad.training.schedule import param_groups, warmup_cosine
 
@@ -125,8 +125,7 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
     model = build_model(cfg)
     data = (dataloaders or build_dataloaders)(cfg, model)
     train_loader, eval_loader, sampler, text_cache = data.train_loader, data.eval_loader, data.sampler, data.text_cache
-    # the reports are read only by the contrastive and local losses
-    reads_reports = cfg.model.loss.contrastive > 0 or cfg.model.loss.local > 0
+    reads_reports = losses_read_reports(cfg.model.loss)
     optimizer = torch.optim.AdamW(
         param_groups(
             model.named_parameters(),

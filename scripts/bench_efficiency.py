@@ -108,7 +108,7 @@ def main() -> None:
 
     import open_clip
 
-    from mmrad.models.towers import build_vision_tower
+    from mmrad.models.vision_tower import build_vision_tower
 
     device = torch.device(args.device)
     threads = torch.get_num_threads()

@@ -10,8 +10,9 @@ from safetensors.torch import save_file
 
 from mmrad.config import ConfigError, TextConfig, VisionConfig
 from mmrad.models import MMRadModel
+from mmrad.models.text_tower import TextTower, build_text_tower
 from mmrad.models.tokenizer import OpenCLIPTokenizer, build_radiology_wordpiece, builtin_tokenizer_dir
-from mmrad.models.towers import TextTower, build_text_tower, build_vision_tower
+from mmrad.models.vision_tower import build_vision_tower
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

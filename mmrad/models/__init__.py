@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "MMRadModel": "mmrad.models.modeling",
-    "MMRadOutput": "mmrad.models.modeling",
-    "is_tower_parameter": "mmrad.models.modeling",
+    "MMRadOutput": "mmrad.models.outputs",
+    "is_tower_parameter": "mmrad.models.pretrained",
     "CheckpointError": "mmrad.models.serialization",
     "adapter_state_dict": "mmrad.models.lora",
     "apply_lora": "mmrad.models.lora",
@@ -32,7 +32,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from mmrad.models.lora import adapter_state_dict, apply_lora, merge_lora, trainable_summary
-    from mmrad.models.modeling import MMRadModel, MMRadOutput, is_tower_parameter
+    from mmrad.models.modeling import MMRadModel
+    from mmrad.models.outputs import MMRadOutput
+    from mmrad.models.pretrained import is_tower_parameter
     from mmrad.models.serialization import CheckpointError
 
 

@@ -196,7 +196,7 @@ def merge_lora(model):
 def is_adapter_key(name: str, buffers: set[str]) -> bool:
     """State-dict keys saved by an adapter-only save: LoRA weights, every new module, and the towers' buffers (e.g.
     BatchNorm statistics, which training moves even when the weights are frozen)."""
-    from mmrad.models.modeling import is_tower_parameter
+    from mmrad.models.pretrained import is_tower_parameter
 
     return not is_tower_parameter(name) or "lora_" in name or name in buffers
 

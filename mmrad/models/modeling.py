@@ -16,80 +16,24 @@ pretrained split follows ``VisionTextDualEncoderModel``.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.utils import ModelOutput
 
-from mmrad.config import ConfigError, LabelsConfig, MMRadConfig
+from mmrad.config import ConfigError, MMRadConfig
 from mmrad.models.fusion import QueryDecoder, attention_maps
 from mmrad.models.losses import classification_loss, contrastive_loss, local_alignment_loss
-from mmrad.models.towers import (
-    TextTower,
-    VisionTower,
-    build_text_tower,
-    build_vision_tower,
-    load_pretrained_towers,
-    resolve_model_cfg,
-)
+from mmrad.models.outputs import MMRadOutput, resolve_labels
+from mmrad.models.pretrained import adopt_preprocess, is_tower_parameter, load_pretrained_towers
+from mmrad.models.text_tower import TextTower, build_text_tower
+from mmrad.models.vision_tower import VisionTower, build_vision_tower, resolve_model_cfg
 
 logger = logging.getLogger(__name__)
-
-TOWER_PREFIXES = ("vision.", "text.")
-
-
-def is_tower_parameter(name: str) -> bool:
-    """True for parameters of the pretrained towers (LoRA adapters inside them included); False for the new modules
-    (projections, decoder, head, temperature)."""
-    return name.startswith(TOWER_PREFIXES)
-
-
-@dataclass
-class MMRadOutput(ModelOutput):
-    """Output of :meth:`MMRadModel.forward`; every field is optional.
-
-    Args:
-        loss: weighted sum of ``loss_terms`` (present when a loss could be computed).
-        loss_terms: each unweighted loss, e.g. ``{"contrastive", "classification", "local"}``.
-        logits: (B, Q) presence logit per query (Q = number of findings unless custom queries were given).
-        image_embeds: (B, P) L2-normalised global image embeddings.
-        text_embeds: (B, P) L2-normalised report embeddings (when ``input_ids`` were given).
-        patch_embeds: (B, N, P) projected patch tokens (the decoder's memory; normalise for cosine maps).
-        query_embeds: (Q, P) the query embeddings used.
-        query_attentions: per decoder layer, (B, Q, N) cross-attention weights averaged over heads.
-        grid: (h, w) of the patch tokens, h * w = N.
-        logit_scale: scalar 1 / temperature of the contrastive loss.
-    """
-
-    loss: torch.Tensor | None = None
-    loss_terms: dict[str, torch.Tensor] | None = None
-    logits: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    patch_embeds: torch.Tensor | None = None
-    query_embeds: torch.Tensor | None = None
-    query_attentions: tuple[torch.Tensor, ...] | None = None
-    grid: tuple[int, int] | None = None
-    logit_scale: torch.Tensor | None = None
-
-
-def resolve_labels(cfg: LabelsConfig) -> tuple[list[str], list[str], list[str]]:
-    """``(names, descriptions, policies)``. A config whose names all have descriptions (as saved models have) needs
-    no vocabulary file, so a saved model loads on a machine without the user's vocabulary YAML."""
-    from mmrad.labels import label_descriptions, label_names, uncertainty_policies
-
-    if cfg.names and all(n in cfg.descriptions for n in cfg.names):
-        names, descriptions = list(cfg.names), [cfg.descriptions[n] for n in cfg.names]
-    else:
-        names, descriptions = label_names(cfg), label_descriptions(cfg)
-    return names, descriptions, uncertainty_policies(cfg, names)
 
 
 class MMRadModel(nn.Module):
@@ -195,7 +139,7 @@ class MMRadModel(nn.Module):
         config.vision.model_cfg = model_cfg
         if hf_cfg is not None:
             config.text.hf_config = hf_cfg
-        _adopt_preprocess(config, preprocess, vision.image_size)
+        adopt_preprocess(config, preprocess, vision.image_size)
         model = cls(config, vision_tower=vision, text_tower=text, tokenizer=tokenizer)
         model.towers_from_sources = True
         new = [(n, p.numel()) for n, p in model.named_parameters() if not is_tower_parameter(n)]
@@ -451,19 +395,3 @@ class MMRadModel(nn.Module):
         """Trade compute for memory in both towers."""
         self.vision.set_grad_checkpointing(enable)
         self.text.set_grad_checkpointing(enable)
-
-
-def _adopt_preprocess(config: MMRadConfig, preprocess: dict | None, image_size: int) -> None:
-    """Make the config's preprocessing match the pretrained tower (size, mean, std), logging what changed."""
-    pre = config.preprocess
-    changes = {}
-    if pre.image_size != image_size:
-        changes["image_size"] = image_size
-    if preprocess and pre.channels == 3:
-        for key in ("mean", "std"):
-            value = [float(v) for v in preprocess.get(key, getattr(pre, key))]
-            if value != list(getattr(pre, key)):
-                changes[key] = value
-    if changes:
-        logger.info("model.preprocess follows the pretrained vision tower: %s", changes)
-        config.preprocess = dataclasses.replace(pre, **changes)

@@ -255,7 +255,7 @@ def _check_keys(path: Path, expected: set[str], found: set[str]) -> None:
 
 def _base_for_adapters(cls, config: MMRadConfig, base_model: str | None, revision: str | None):
     """The model of an adapter-only folder with its base tower weights loaded (adapters not yet applied)."""
-    from mmrad.models.modeling import is_tower_parameter
+    from mmrad.models.pretrained import is_tower_parameter
 
     if base_model is None:
         return cls.from_towers(config)

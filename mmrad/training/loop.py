@@ -50,7 +50,8 @@ def resolve_mixed_precision(value: str) -> str:
 def build_model(cfg: ExperimentConfig):
     """The model to train: ``train.init_from`` (a saved model), the pretrained towers, or random towers."""
     from mmrad.models.lora import apply_lora
-    from mmrad.models.modeling import MMRadModel, resolve_labels
+    from mmrad.models.modeling import MMRadModel
+    from mmrad.models.outputs import resolve_labels
 
     if cfg.train.init_from:
         model = MMRadModel.from_pretrained(cfg.train.init_from)
@@ -255,7 +256,7 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
 
 
 def _is_tower(name: str) -> bool:
-    from mmrad.models.modeling import is_tower_parameter
+    from mmrad.models.pretrained import is_tower_parameter
 
     return is_tower_parameter(name)
 

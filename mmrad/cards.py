@@ -75,6 +75,13 @@ def evaluation_section(metrics: dict | None, metrics_file: str) -> str:
     if "grounding" in metrics:
         g = metrics["grounding"]
         out += ["", f"### Grounding (present findings against their {g.get('source')})", ""]
+        if g.get("attention_supervision"):
+            out += [
+                "The decoder's attention was trained toward the training split's finding masks or boxes "
+                f"(`model.loss.grounding` = {g['attention_supervision']}): these maps are supervised, not weakly "
+                "supervised.",
+                "",
+            ]
         out += ["| map | pairs | pointing game | CNR | IoU@0.1 | IoU@0.3 | IoU@0.5 |", "|---|---|---|---|---|---|---|"]
         for method in ("attention", "cosine"):
             if method in g:

@@ -124,6 +124,16 @@ class LossConfig:
     classification: float = 1.0  # multi-label BCE on finding queries
     local: float = 0.0  # GLoRIA-style word<->patch alignment (0 = off)
     local_temperature: float = 0.1
+    # attention supervision: KL divergence from each present finding's mask (or box), pooled to the patch grid, to
+    # that finding query's cross-attention over the patches (0 = off; needs a corpus with masks or boxes)
+    grounding: float = 0.0
+
+    def __post_init__(self):
+        for name in ("contrastive", "classification", "local", "grounding"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"model.loss.{name} must be >= 0, got {getattr(self, name)}")
+        if self.local_temperature <= 0:
+            raise ConfigError(f"model.loss.local_temperature must be > 0, got {self.local_temperature}")
 
 
 @dataclass

@@ -4,7 +4,8 @@
 2. stage 1 — pre-train small towers contrastively on the train split (the stand-in for a pretrained pair such as
    BiomedCLIP) -> ``base/model``;
 3. stage 2 — start from that checkpoint, add LoRA adapters to both towers and fine-tune them with the query decoder
-   on the findings -> ``model/`` (a ``from_pretrained`` folder);
+   on the findings, the decoder's attention trained toward the train split's finding masks (``model.loss.grounding``)
+   -> ``model/`` (a ``from_pretrained`` folder);
 4. evaluate on the test split -> ``metrics.json`` and ROC plots, and a summary table; the metrics go into the model
    folder and its card (``model/README.md``) is written from them;
 5. ground the reports of a few test studies in their images -> ``examples/`` (overlay PNGs and ``index.json``).
@@ -74,6 +75,7 @@ def demo_config(stage: str, corpus: Path, settings: DemoSettings, base: Path | N
             f"train.init_from={base}",
             "lora.enabled=True",
             "model.loss.contrastive=0.0",  # the findings' labels only: the reports are not read in this stage
+            "model.loss.grounding=1.0",  # and the phantom's finding masks steer the decoder's attention
             f"train.max_steps={settings.finetune_steps}",
             f"train.eval_every={max(1, settings.finetune_steps // 3)}",
             f"train.save_every={settings.finetune_steps}",

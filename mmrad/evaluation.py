@@ -72,6 +72,7 @@ def slug(name: str) -> str:
 def _grounding_extra(model, size: int, smooth: float = 0.5):
     """``predict`` hook: per sample, the attention and cosine maps of every finding query at the input's size,
     smoothed as :func:`mmrad.grounding.ground` smooths the maps it returns (Gaussian, ``smooth`` patches)."""
+    from mmrad.data.collate import boxes_to_masks
     from mmrad.grounding import _gaussian_blur, cosine_maps
 
     def extra(batch: dict, out) -> dict[str, torch.Tensor]:
@@ -95,24 +96,6 @@ def _grounding_extra(model, size: int, smooth: float = 0.5):
         }
 
     return extra
-
-
-def boxes_to_masks(boxes: list[list[dict]], names: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boxes in input pixels (per image, ``{"label", "x", "y", "w", "h"}``) as (B, K, S, S) masks and (B, K) validity;
-    labels match finding names ignoring case, spaces and underscores."""
-    key = {n.lower().replace("_", " ").replace(" ", ""): k for k, n in enumerate(names)}
-    masks = torch.zeros(len(boxes), len(names), size, size)
-    valid = torch.zeros(len(boxes), len(names), dtype=torch.bool)
-    for b, image_boxes in enumerate(boxes):
-        for box in image_boxes:
-            k = key.get(str(box["label"]).lower().replace("_", " ").replace(" ", ""))
-            if k is None:
-                continue
-            x0, y0 = int(np.floor(box["x"])), int(np.floor(box["y"]))
-            x1, y1 = int(np.ceil(box["x"] + box["w"])), int(np.ceil(box["y"] + box["h"]))
-            masks[b, k, max(y0, 0) : y1, max(x0, 0) : x1] = 1.0
-            valid[b, k] = True
-    return masks, valid
 
 
 def _zero_shot_extra(classifier, qs, tag: str):
@@ -186,7 +169,7 @@ def evaluate_corpus(
     from torch.utils.data import DataLoader
 
     from mmrad.data.collate import MMRadCollator
-    from mmrad.data.corpus_io import load_corpus
+    from mmrad.data.corpus_io import annotation_kind, load_corpus
     from mmrad.errors import MMRadError
     from mmrad.metrics import load_metric
     from mmrad.models.modeling import MMRadModel
@@ -200,8 +183,8 @@ def evaluate_corpus(
         raise MMRadError(f"{corpus_dir}: no rows in split {split!r} (have: {', '.join(splits)})")
     names = model.label_names
     rows = splits[split]
-    has_masks = "masks" in rows.column_names and any(rows.select_columns(["masks"])["masks"])
-    has_boxes = not has_masks and "boxes" in rows.column_names and any(rows.select_columns(["boxes"])["boxes"])
+    annotations = annotation_kind(rows)
+    has_masks, has_boxes = annotations == "masks", annotations == "boxes"
     collate = MMRadCollator(model.tokenizer, model.config.preprocess, names, corpus_label_names=info.label_names,
                             max_length=model.config.text.max_length, return_masks=has_masks,
                             return_boxes=has_boxes)  # fmt: skip
@@ -245,7 +228,13 @@ def evaluate_corpus(
         retrieval.add_batch(predictions=pred.image_embeds.tolist(), references=pred.text_embeds.tolist())
         metrics["retrieval"] = retrieval.compute()
     if has_masks or has_boxes:
-        metrics["grounding"] = {"source": "masks" if has_masks else "boxes", **grounding_block(pred, names)}
+        metrics["grounding"] = {
+            "source": "masks" if has_masks else "boxes",
+            # > 0: the decoder's attention was trained toward masks or boxes (model.loss.grounding), so the maps are
+            # supervised, not weakly supervised
+            "attention_supervision": plain.config.loss.grounding,
+            **grounding_block(pred, names),
+        }
     for i, (tag, bank, zs_names) in enumerate(banks):
         columns = [names.index(n) for n in zs_names]
         block = {"prompts": bank.name, "findings": zs_names}

@@ -88,6 +88,8 @@ def test_values_are_checked():
         TrainConfig(lr=-1.0)
     with pytest.raises(ConfigError, match="attention_layers"):
         load_config(TINY, ["model.fusion.attention_layers=3"])
+    with pytest.raises(ConfigError, match="model.loss.grounding must be >= 0"):
+        load_config(TINY, ["model.loss.grounding=-1"])
 
 
 def test_missing_required_section(tmp_path):

@@ -137,6 +137,17 @@ def test_boxes_rescaled_to_the_cached_image(mixed, tmp_path):
     assert (rows[0]["orig_width"], rows[0]["orig_height"]) == (80, 60)
 
 
+def test_annotation_kind_reads_list_lengths(mixed, tmp_path):
+    from mmrad.data.corpus_io import annotation_kind
+
+    ingest(mixed, tmp_path / "c", image_size=40, labels="manifest", split="1,0,0", progress=False)
+    train = load_corpus(tmp_path / "c")[0]["train"]
+    assert annotation_kind(train) == "boxes"  # the mixed manifest has boxes, no masks
+    with_box = [i for i, r in enumerate(train.select_columns(["boxes"])) if r["boxes"]]
+    assert annotation_kind(train.select([i for i in range(len(train)) if i not in with_box])) is None
+    assert annotation_kind(train.remove_columns(["boxes"])) is None
+
+
 def test_box_outside_the_image_is_rejected(tmp_path):
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "b.png")

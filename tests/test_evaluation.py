@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from mmrad.cli import main
+from mmrad.data.collate import boxes_to_masks
 from mmrad.data.synthetic import PHANTOM_ZERO_SHOT_PROMPTS
-from mmrad.evaluation import boxes_to_masks
 from mmrad.models import MMRadModel
 from tests.conftest import PHANTOM_FINDINGS
 
@@ -39,6 +39,7 @@ def test_evaluate_writes_all_blocks_and_roc_plots(phantom_model, phantom_corpus,
     assert set(metrics["retrieval"]) >= {"image_to_text_R@1", "text_to_image_R@10"}
     grounding = metrics["grounding"]
     assert grounding["source"] == "masks" and grounding["pairs"] > 0
+    assert grounding["attention_supervision"] == 0.0  # trained without model.loss.grounding
     for method in ("attention", "cosine"):
         assert grounding[method]["n"] == grounding["pairs"] and 0 <= grounding[method]["pointing_game"] <= 1
     zero_shot = metrics["zero_shot"]
@@ -47,6 +48,7 @@ def test_evaluate_writes_all_blocks_and_roc_plots(phantom_model, phantom_corpus,
     assert plots and all((out.parent / p).is_file() for p in plots)
     printed = capsys.readouterr().out
     assert "macro" in printed and "pointing game" in printed and "zero-shot fusion" in printed
+    assert "supervised" not in printed
 
 
 def test_boxes_become_masks():

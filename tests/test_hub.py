@@ -88,6 +88,14 @@ def test_card_numbers_all_come_from_the_metrics_and_summary(model_dir):
     assert values["zero-shot fusion macro AUROC"] == 0.9312 and values["grounding pointing game"] == 0.9474
 
 
+def test_card_says_when_the_grounding_maps_were_supervised(model_dir):
+    assert "supervised" not in build_card(model_dir, metrics=METRICS).text
+    supervised = json.loads(json.dumps(METRICS))
+    supervised["grounding"]["attention_supervision"] = 0.5
+    text = build_card(model_dir, metrics=supervised).text
+    assert "`model.loss.grounding` = 0.5): these maps are supervised, not weakly supervised" in text
+
+
 def test_card_follows_changed_metrics(model_dir):
     changed = json.loads(json.dumps(METRICS))
     changed["classification"]["per_class"]["Cardiomegaly"]["auroc"] = 0.5551

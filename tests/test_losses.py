@@ -1,4 +1,4 @@
-"""Losses: masked BCE with uncertainty policies, InfoNCE (also over two gloo processes), local alignment."""
+"""Losses: masked BCE with uncertainty policies, InfoNCE (also over two gloo processes), local alignment, grounding."""
 
 import math
 import os
@@ -14,6 +14,7 @@ from mmrad.models.losses import (
     classification_loss,
     contrastive_loss,
     gather_with_grad,
+    grounding_loss,
     local_alignment_loss,
     uncertainty_targets,
 )
@@ -92,6 +93,58 @@ def test_local_alignment_loss_prefers_matching_pairs_and_is_finite():
     assert torch.isfinite(words.grad).all()
     mismatched = local_alignment_loss(words.detach().roll(1, dims=0), mask.roll(1, dims=0), patches)
     assert loss < mismatched
+
+
+def _grounding_case():
+    """One image, two findings, a 2 x 2 patch grid over a 4 x 4 input: finding 0's mask covers the top-left patch
+    fully and the top-right patch half."""
+    masks = torch.zeros(1, 2, 4, 4)
+    masks[0, 0, :2, :2] = 1
+    masks[0, 0, :2, 2] = 1  # half of the top-right patch
+    masks[0, 1, 2:, 2:] = 1
+    return masks, torch.tensor([[True, True]])
+
+
+def test_grounding_loss_is_the_kl_divergence_from_the_pooled_mask():
+    masks, valid = _grounding_case()
+    target = torch.tensor([2 / 3, 1 / 3, 0.0, 0.0])  # mask shares 1 and 1/2 of the patches, normalised
+    uniform = torch.full((1, 2, 4), 0.25)
+    labels = torch.tensor([[1.0, 0.0]])  # only finding 0 is present
+    expected = float((target[:2] * torch.log(target[:2] / 0.25)).sum())
+    assert float(grounding_loss(uniform, masks, valid, labels, (2, 2))) == pytest.approx(expected, rel=1e-5)
+    perfect = torch.stack([target, torch.full((4,), 0.25)])[None]
+    assert float(grounding_loss(perfect, masks, valid, labels, (2, 2))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_grounding_loss_counts_only_present_findings_with_a_mask():
+    masks, valid = _grounding_case()
+    attention = torch.softmax(torch.randn(1, 2, 4), -1).requires_grad_()
+    for labels, ok in (
+        ([[0.0, 0.0]], [[True, True]]),
+        ([[NAN, -1.0]], [[True, True]]),
+        ([[1.0, 1.0]], [[False, False]]),
+    ):
+        loss = grounding_loss(attention, masks, torch.tensor(ok), torch.tensor(labels), (2, 2))
+        assert float(loss.detach()) == 0.0
+        loss.backward()  # still attached to the graph
+    empty = torch.zeros_like(masks)  # a present finding whose mask is empty has nowhere to look either
+    assert float(grounding_loss(attention, empty, valid, torch.tensor([[1.0, 1.0]]), (2, 2)).detach()) == 0.0
+
+
+def test_grounding_loss_moves_attention_into_the_mask():
+    masks, valid = _grounding_case()
+    scores = torch.zeros(1, 2, 4, requires_grad=True)
+    labels = torch.tensor([[1.0, 1.0]])
+    inside = torch.tensor([[[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]])
+    before = float((torch.softmax(scores, -1) * inside).sum())
+    optimizer = torch.optim.SGD([scores], lr=1.0)
+    for _ in range(20):
+        optimizer.zero_grad()
+        grounding_loss(torch.softmax(scores, -1), masks, valid, labels, (2, 2)).backward()
+        optimizer.step()
+    after = torch.softmax(scores, -1)
+    assert float((after * inside).sum()) > before + 0.8
+    assert int(after[0, 0].argmax()) == 0 and int(after[0, 1].argmax()) == 3
 
 
 def test_gather_without_process_group_is_identity():

@@ -169,3 +169,47 @@ def test_loaders_prepare_batches_in_background_workers_by_default(tiny_experimen
     background, foreground = next(iter(data.train_loader)), next(iter(in_process.train_loader))
     torch.testing.assert_close(background["pixel_values"], foreground["pixel_values"], atol=0, rtol=0)
     assert torch.equal(background["input_ids"], foreground["input_ids"])
+
+
+def test_grounding_loss_trains_the_attention_on_the_corpus_masks(tiny_experiment, tmp_path):
+    """``model.loss.grounding > 0``: the training batches carry the masks (warped with the images), the step has a
+    ``grounding`` term that reaches the decoder, and a run trains; a corpus without masks or boxes is refused."""
+    from mmrad.data.corpus_io import load_corpus
+    from mmrad.errors import MMRadError
+    from mmrad.training.data import build_dataloaders, finding_masks
+
+    tiny_experiment.model.loss.grounding = 1.0
+    tiny_experiment.data.num_workers = 0
+    model = MMRadModel(tiny_experiment.model)
+    batch = next(iter(build_dataloaders(tiny_experiment, model).train_loader))
+    size = model.config.preprocess.image_size
+    assert batch["masks"].shape == (8, len(model.label_names), size, size)
+    present = batch["mask_valid"] & (batch["labels"] == 1)
+    assert present.any()
+    output = model(
+        pixel_values=batch["pixel_values"], labels=batch["labels"], **finding_masks(batch, model.label_names, size)
+    )
+    assert float(output.loss_terms["grounding"]) > 0
+    output.loss_terms["grounding"].backward()
+    assert model.decoder.layers[-1].cross_attn.q.weight.grad.abs().sum() > 0
+
+    tiny_experiment.train.max_steps = tiny_experiment.train.eval_every = tiny_experiment.train.save_every = 2
+    train(tiny_experiment, tmp_path / "run")
+    logged = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert len(logged["train_losses"]) == 2 and all(math.isfinite(v) for v in logged["train_losses"])
+
+    splits, info = load_corpus(tiny_experiment.data.corpus)
+    splits["train"] = splits["train"].remove_columns(["masks", "boxes"])
+    with pytest.raises(MMRadError, match="needs finding masks or boxes"):
+        build_dataloaders(tiny_experiment, model, splits=splits, info=info)
+
+
+def test_boxes_become_masks_for_the_grounding_loss():
+    from mmrad.training.data import finding_masks
+
+    batch = {"pixel_values": torch.zeros(2, 3, 8, 8), "boxes": [[{"label": "pleural_effusion", "x": 1, "y": 2, "w": 3,
+                                                                   "h": 2}], []]}  # fmt: skip
+    out = finding_masks(batch, ["Cardiomegaly", "Pleural Effusion"], 8)
+    assert out["mask_valid"].tolist() == [[False, True], [False, False]]
+    assert out["masks"][0, 1].sum() == 6 and out["masks"][0, 1, 2:4, 1:4].all()
+    assert finding_masks({"pixel_values": torch.zeros(1)}, ["Cardiomegaly"], 8) == {}

@@ -100,9 +100,11 @@ def _metrics_table(metrics: dict) -> str:
     for method in ("attention", "cosine"):
         g = metrics.get("grounding", {}).get(method)
         if g:
+            supervised = method == "attention" and metrics["grounding"].get("attention_supervision")
+            supervised = ", attention supervised in training" if supervised else ""
             lines.append(
-                f"grounding ({method} maps, {g['n']} present findings): pointing game {g['pointing_game']:.3f}, "
-                f"CNR {g['cnr']:.2f}, IoU@0.3 {g['iou@0.3']:.3f}"
+                f"grounding ({method} maps, {g['n']} present findings{supervised}): pointing game "
+                f"{g['pointing_game']:.3f}, CNR {g['cnr']:.2f}, IoU@0.3 {g['iou@0.3']:.3f}"
             )
     blocks = [metrics["zero_shot"]] if metrics.get("zero_shot") else []
     for zero_shot in blocks + list(metrics.get("zero_shot_more", {}).values()):

@@ -192,3 +192,21 @@ class MMRadCollator:
             batch["masks"] = torch.from_numpy(np.stack(masks))
             batch["mask_valid"] = torch.from_numpy(np.stack(valid))
         return batch
+
+
+def boxes_to_masks(boxes: list[list[dict]], names: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes in input pixels (per image, ``{"label", "x", "y", "w", "h"}``) as (B, K, S, S) masks and (B, K) validity;
+    labels match finding names ignoring case, spaces and underscores."""
+    key = {n.lower().replace("_", " ").replace(" ", ""): k for k, n in enumerate(names)}
+    masks = torch.zeros(len(boxes), len(names), size, size)
+    valid = torch.zeros(len(boxes), len(names), dtype=torch.bool)
+    for b, image_boxes in enumerate(boxes):
+        for box in image_boxes:
+            k = key.get(str(box["label"]).lower().replace("_", " ").replace(" ", ""))
+            if k is None:
+                continue
+            x0, y0 = int(np.floor(box["x"])), int(np.floor(box["y"]))
+            x1, y1 = int(np.ceil(box["x"] + box["w"])), int(np.ceil(box["y"] + box["h"]))
+            masks[b, k, max(y0, 0) : y1, max(x0, 0) : x1] = 1.0
+            valid[b, k] = True
+    return masks, valid

@@ -156,3 +156,16 @@ def corpus_label_matrix(split) -> np.ndarray:
     if not values:
         return np.zeros((0, 0), dtype=np.float32)
     return np.asarray(values, dtype=np.float32)
+
+
+def annotation_kind(split) -> str | None:
+    """``"masks"`` when some row of ``split`` has a finding mask, else ``"boxes"`` when some row has a box, else None;
+    read from the list lengths, without decoding a mask image."""
+    import pyarrow.compute as pc
+
+    for name in ("masks", "boxes"):
+        if name in split.column_names and len(split):
+            column = split.select_columns([name]).with_format("arrow")[:][name]
+            if pc.sum(pc.list_value_length(column)).as_py():
+                return name
+    return None

@@ -5,6 +5,11 @@ Distributed contrastive learning: each process gathers every process's features 
 own images against all reports and its own reports against all images. DDP then averages the gradients, which
 equals the gradient of the loss over the global batch. (``accelerator.gather`` carries no gradient.)
 
+The grounding loss supervises the decoder's cross-attention with finding masks (or boxes drawn as masks): the
+mask, area-pooled to the patch grid and normalised, is the target distribution of that finding query's attention
+over the patches, and the loss is the KL divergence from it (attention supervision, as box- or mask-supervised
+grounding models do).
+
 The local loss follows GLoRIA (Huang et al., ICCV 2021): each word attends over the image's patches, the
 word-to-context cosines are aggregated into an image-report score, and the scores go through InfoNCE.
 """
@@ -163,3 +168,30 @@ def local_alignment_loss(
     labels = torch.arange(scores.shape[0], device=scores.device)
     logits = LOCAL_SCALE * scores
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def grounding_loss(
+    attention: torch.Tensor,
+    masks: torch.Tensor,
+    valid: torch.Tensor,
+    labels: torch.Tensor,
+    grid: tuple[int, int],
+) -> torch.Tensor:
+    """KL(mask distribution || attention) over the present findings that have a mask.
+
+    Args:
+        attention: (B, K, N) each finding query's attention over the N = h * w patches (rows sum to 1).
+        masks: (B, K, S, S) float 0/1 at the model input's pixels.
+        valid: (B, K) bool, the masks that exist.
+        labels: (B, K) 1 / 0 / -1 / NaN; only findings labelled 1 count (an absent finding has nowhere to look).
+        grid: (h, w) of the patch tokens.
+
+    Returns:
+        Scalar mean over the counted pairs (0, still attached to the graph, when none count).
+    """
+    target = F.adaptive_avg_pool2d(masks.to(attention.dtype), grid).flatten(-2)  # (B, K, N) mask share per patch
+    mass = target.sum(-1)
+    count = valid.to(torch.bool) & (labels == 1) & (mass > 0)
+    target = target / mass.clamp(min=1e-12).unsqueeze(-1)
+    kl = (torch.xlogy(target, target) - target * torch.log(attention.clamp(min=1e-12))).sum(-1)  # (B, K)
+    return (kl * count).sum() / count.sum().clamp(min=1)

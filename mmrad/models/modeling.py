@@ -27,7 +27,7 @@ from torch import nn
 
 from mmrad.config import ConfigError, MMRadConfig
 from mmrad.models.fusion import QueryDecoder, attention_maps
-from mmrad.models.losses import classification_loss, contrastive_loss, local_alignment_loss
+from mmrad.models.losses import classification_loss, contrastive_loss, grounding_loss, local_alignment_loss
 from mmrad.models.outputs import MMRadOutput, resolve_labels
 from mmrad.models.pretrained import adopt_preprocess, is_tower_parameter, load_pretrained_towers
 from mmrad.models.text_tower import TextTower, build_text_tower
@@ -319,6 +319,8 @@ class MMRadModel(nn.Module):
         query_attention_mask: torch.Tensor | None = None,
         return_loss: bool = True,
         text_features: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        masks: torch.Tensor | None = None,
+        mask_valid: torch.Tensor | None = None,
     ) -> MMRadOutput:
         """Encode images (and reports), decode the queries, and compute the configured losses.
 
@@ -331,6 +333,8 @@ class MMRadModel(nn.Module):
             return_loss: compute ``loss`` and ``loss_terms``.
             text_features: precomputed :meth:`text_features` of the reports, instead of running the text tower on
                 ``input_ids`` (which are then only needed for the local loss's special-token mask).
+            masks, mask_valid: (B, K, S, S) finding masks at the input's pixels and (B, K) which exist (for the
+                grounding loss; the collator's ``return_masks``).
 
         Returns:
             :class:`MMRadOutput`.
@@ -363,6 +367,10 @@ class MMRadModel(nn.Module):
                 terms["classification"] = classification_loss(logits, labels, self._policies(logits.shape[-1]))
             if words is not None:
                 terms["local"] = local_alignment_loss(words, word_mask, memory, weights.local_temperature)
+            if weights.grounding > 0 and masks is not None and labels is not None:
+                layers = attentions[-self.config.fusion.attention_layers :]  # the layers the maps average
+                attention = torch.stack(list(layers)).mean(0)
+                terms["grounding"] = grounding_loss(attention, masks, mask_valid, labels, grid)
         loss = None
         if terms:
             loss = sum(getattr(weights, name) * value for name, value in terms.items())

@@ -122,6 +122,20 @@ def losses_read_reports(loss) -> bool:
     return loss.contrastive > 0 or loss.local > 0
 
 
+def finding_masks(batch: dict, names: list[str], size: int) -> dict[str, torch.Tensor]:
+    """The ``masks`` / ``mask_valid`` model arguments of a batch (its boxes drawn as masks when it has no masks);
+    empty when the batch carries neither."""
+    if "masks" in batch:
+        return {"masks": batch["masks"], "mask_valid": batch["mask_valid"]}
+    if "boxes" in batch:
+        from mmrad.data.collate import boxes_to_masks
+
+        masks, valid = boxes_to_masks(batch["boxes"], names, size)
+        device = batch["pixel_values"].device
+        return {"masks": masks.to(device), "mask_valid": valid.to(device)}
+    return {}
+
+
 def text_tower_frozen(model) -> bool:
     return not any(p.requires_grad for p in model.text.parameters())
 
@@ -131,7 +145,7 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
     the evaluation loader is None when the split is empty. With a frozen text tower and a loss that reads the
     reports, their features are computed once here."""
     from mmrad.data.collate import MMRadCollator
-    from mmrad.data.corpus_io import load_corpus
+    from mmrad.data.corpus_io import annotation_kind, load_corpus
     from mmrad.errors import MMRadError
 
     if splits is None:
@@ -149,7 +163,16 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
         max_length=model.config.text.max_length,
     )
     sampler = EpochSampler(len(splits["train"]), cfg.train.seed)
-    train_collator = MMRadCollator(train=cfg.data.augment, **common)
+    annotations = None
+    if model.config.loss.grounding > 0:
+        annotations = annotation_kind(splits["train"])
+        if annotations is None:
+            raise MMRadError(
+                f"{cfg.data.corpus}: model.loss.grounding > 0 needs finding masks or boxes, and no train row has any"
+            )
+    train_collator = MMRadCollator(
+        train=cfg.data.augment, return_masks=annotations == "masks", return_boxes=annotations == "boxes", **common
+    )
     train_rows = splits["train"]
     train_loader = DataLoader(
         SeededRows(train_rows.select_columns(train_collator.columns), cfg.train.seed, sampler),

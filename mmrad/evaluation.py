@@ -188,7 +188,7 @@ def evaluate_corpus(
     collate = MMRadCollator(model.tokenizer, model.config.preprocess, names, corpus_label_names=info.label_names,
                             max_length=model.config.text.max_length, return_masks=has_masks,
                             return_boxes=has_boxes)  # fmt: skip
-    loader = DataLoader(rows.select_columns(collate.columns), batch_size=batch_size, collate_fn=collate)
+    loader = DataLoader(collate.rows(rows), batch_size=batch_size, collate_fn=collate)
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto"))
     model, loader = accelerator.prepare(model, loader)
     plain = accelerator.unwrap_model(model)

@@ -217,7 +217,7 @@ def main() -> None:
         ingest(phantom.manifest, out, image_size=size, labels="manifest", split="1,0,0", progress=False)
         splits, info = load_corpus(out)
         collate = MMRadCollator(tokenizer, preprocess, info.label_names, text_field="report")
-        cached = splits["train"].select_columns(collate.columns)
+        cached = collate.rows(splits["train"])
         _epoch(cached.select(range(min(8, len(cached)))), collate, args.batch_size, 0)  # warm-up
         cached_times[size] = _epoch(cached, collate, args.batch_size, args.workers, args.repeats)
         print(f"epoch from the cache (--image-size {size}): {cached_times[size]:.2f} s "

@@ -1,8 +1,8 @@
 """Fuzzing with hypothesis: random and mutated bytes into ``load_image``/``read_dicom`` (mutations of DICOM, PNG,
-TIFF and JPEG files written here), random Unicode into the report parser, the labeler and the de-identifier. Only
-``MMRadImageError``/``ValueError``/``TypeError`` may come out of the readers, nothing out of the text functions, and
-every example must finish within the deadline. Runs are derandomised (the same examples every time); set
-``MMRAD_FUZZ_EXAMPLES=5000`` for a longer search."""
+TIFF and JPEG files written here) and into the image cache's PNG reader, random Unicode into the report parser, the
+labeler and the de-identifier. Only ``MMRadImageError``/``ValueError``/``TypeError`` may come out of the readers,
+nothing out of the text functions, and every example must finish within the deadline. Runs are derandomised (the same
+examples every time); set ``MMRAD_FUZZ_EXAMPLES=5000`` for a longer search."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from pydicom.uid import RLELossless
 from mmrad.data.dicom import read_dicom, write_dicom
 from mmrad.data.images import load_image
 from mmrad.data.labeler import ReportLabeler
+from mmrad.data.png import read_png, write_png
 from mmrad.data.privacy import deidentify_text
 from mmrad.data.reports import parse_report
 from mmrad.errors import MMRadImageError
@@ -149,6 +150,20 @@ def test_mutated_png_tiff_jpeg(seeds, data):
     folder, files = seeds
     name = data.draw(st.sampled_from(["png8", "png16", "rgba", "tiff16", "jpeg", "palette"]))
     _load(folder, "mutated.img", data.draw(mutated(files[name])))
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_cache_png_through_the_fast_reader(data):
+    """The cache's own PNG reader: pixels, None (left to PIL) or ValueError, nothing else."""
+    pixels = np.arange(24 * 17, dtype=np.uint16).reshape(24, 17) * 97
+    source = data.draw(st.sampled_from([write_png(pixels), write_png((pixels % 256).astype(np.uint8)), write_png(
+        np.stack([pixels % 256] * 3, -1).astype(np.uint8))]))  # fmt: skip
+    try:
+        out = read_png(data.draw(mutated(source)))
+    except ValueError:
+        return
+    assert out is None or (out.dtype in (np.uint8, np.uint16) and out.size > 0)
 
 
 @FUZZ

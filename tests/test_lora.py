@@ -204,3 +204,92 @@ def test_grad_checkpointing_recomputes_both_towers_with_lora(tiny_config, kind):
     assert set(grads[0]) == set(grads[1]) and any("lora_" in n for n in grads[1])
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def _adapted_attention(batch_first: bool, unmerged: bool = True):
+    """An nn.MultiheadAttention (width 32, 4 heads) with a LoRA adapter whose B is non-zero."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from mmrad.models.lora_attention import UnmergedLoraMultiheadAttention
+
+    torch.manual_seed(0)
+    root = torch.nn.Module()
+    root.attn = torch.nn.MultiheadAttention(32, 4, batch_first=batch_first)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["attn"])
+    if unmerged:
+        config._register_custom_module({torch.nn.MultiheadAttention: UnmergedLoraMultiheadAttention})
+    inject_adapter_in_model(config, root)
+    for name, param in root.named_parameters():
+        param.requires_grad = "lora_" in name
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.2)
+    return root.attn
+
+
+def _reference(layer, x, mask):
+    """A plain nn.MultiheadAttention with the adapters' deltas added once: W + B A * scaling."""
+    base = layer.get_base_layer()
+    out = base.out_proj
+    reference = torch.nn.MultiheadAttention(32, 4, batch_first=base.batch_first)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(base.in_proj_weight + layer.get_delta_weight("default"))
+        reference.in_proj_bias.copy_(base.in_proj_bias)
+        reference.out_proj.weight.copy_(out.get_base_layer().weight + out.get_delta_weight("default"))
+        reference.out_proj.bias.copy_(out.get_base_layer().bias)
+    return reference(x, x, x, need_weights=False, attn_mask=mask)[0]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_unmerged_attention_adapter_computes_w_plus_delta(batch_first):
+    """mmrad's MHA adapter (no merge per forward) computes attention with W + dW for q/k/v and the output projection,
+    with and without an additive mask (peft 0.21's own merge gives W + 2 dW for the output projection); calls it
+    does not cover (attention weights asked for) take peft's merge-per-forward path with mmrad's merge, which gives
+    the same outputs and adapter gradients."""
+    from mmrad.models.lora_attention import UnmergedLoraMultiheadAttention
+
+    layer = _adapted_attention(batch_first)
+    assert isinstance(layer, UnmergedLoraMultiheadAttention)
+    params = [p for n, p in layer.named_parameters() if "lora_" in n]
+    assert len(params) == 4  # A and B of in_proj and of out_proj
+    x = torch.randn(2, 5, 32) if batch_first else torch.randn(5, 2, 32)
+    for mask in (None, torch.randn(5, 5), torch.randn(2 * 4, 5, 5)):
+        ours = layer(x, x, x, need_weights=False, attn_mask=mask)
+        assert ours[1] is None
+        torch.testing.assert_close(ours[0], _reference(layer, x, mask), atol=1e-5, rtol=1e-5)
+        merged = layer(x, x, x, need_weights=True, attn_mask=mask)  # peft's forward, with mmrad's merge
+        assert merged[1] is not None
+        torch.testing.assert_close(merged[0], ours[0], atol=1e-5, rtol=1e-5)
+        grads = torch.autograd.grad(ours[0].square().sum(), params)
+        expected = torch.autograd.grad(merged[0].square().sum(), params)
+        for a, b in zip(grads, expected, strict=True):
+            assert a.abs().sum() > 0
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    merges = []
+    original = layer.merge
+    layer.merge = lambda *a, **k: (merges.append(1), original(*a, **k))[1]
+    layer(x, x, x, need_weights=False)
+    assert not merges  # the covered call never merges
+    layer(x, x, x, need_weights=True)
+    assert merges
+
+
+def test_merged_attention_equals_the_adapters():
+    """Unloading with merge (merge_lora) bakes W + dW into the plain module, once."""
+    from mmrad.models.lora import _unload
+
+    layer = _adapted_attention(batch_first=True)
+    x = torch.randn(2, 5, 32)
+    expected = layer(x, x, x, need_weights=False)[0].detach()
+    root = torch.nn.Module()
+    root.attn = layer
+    _unload(root, merge=True)
+    assert type(root.attn) is torch.nn.MultiheadAttention
+    torch.testing.assert_close(root.attn(x, x, x, need_weights=False)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_open_clip_vit_attention_adapters_run_unmerged(tiny_model):
+    from mmrad.models.lora_attention import UnmergedLoraMultiheadAttention
+
+    apply_lora(tiny_model, LoraSettings(enabled=True, r=4, towers=["vision"]))
+    layers = [m for m in tiny_model.vision.visual.modules() if isinstance(m, UnmergedLoraMultiheadAttention)]
+    assert layers and all(isinstance(m.base_layer.out_proj.lora_A, torch.nn.ModuleDict) for m in layers)

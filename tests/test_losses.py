@@ -136,7 +136,7 @@ def test_grounding_loss_moves_attention_into_the_mask():
     scores = torch.zeros(1, 2, 4, requires_grad=True)
     labels = torch.tensor([[1.0, 1.0]])
     inside = torch.tensor([[[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]])
-    before = float((torch.softmax(scores, -1) * inside).sum())
+    before = float((torch.softmax(scores.detach(), -1) * inside).sum())
     optimizer = torch.optim.SGD([scores], lr=1.0)
     for _ in range(20):
         optimizer.zero_grad()

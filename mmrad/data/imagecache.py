@@ -25,7 +25,7 @@ from mmrad.errors import MMRadImageError
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when decoding or the shard layout changes
+CACHE_VERSION = 3  # bump when decoding, encoding or the shard layout changes
 SHARD_ROWS = 64  # manifest rows per shard
 
 
@@ -109,21 +109,23 @@ def warnings_once(names=("mmrad.data.dicom", "mmrad.data.voi", "mmrad.data.image
 def encode_png(arr: np.ndarray, bits: int = 8) -> bytes:
     """float [0, 1] (H, W) or (H, W, 3), or bool masks, as PNG bytes (16-bit grey when ``bits == 16``).
 
-    Images are stored uncompressed (zlib level 0): the low bits of radiographs are noise, so deflate saves only ~20%
-    on 16-bit chest images (measured on ../shared/data/dicom) while making every decode ~10x slower (25 ms vs 2.7 ms
-    at 512x512); reading fast is what the cache is for. Masks compress ~100x and decode fast, so they are deflated.
+    Images are stored uncompressed (zlib level 0) and unfiltered (:mod:`mmrad.data.png`): the low bits of
+    radiographs are noise, so deflate saves only ~20% on 16-bit chest images (measured on ../shared/data/dicom) while
+    making every decode ~10x slower (25 ms vs 2.7 ms at 512x512); unfiltered rows are read back with a copy instead
+    of a PNG decoder. Reading fast is what the cache is for. Masks compress ~100x and decode fast, so they are
+    deflated.
     """
-    from PIL import Image
+    from mmrad.data.png import write_png
 
     if arr.dtype == bool:
-        img = Image.fromarray(arr.astype(np.uint8) * 255, "L")
-    elif bits == 16 and arr.ndim == 2:
-        img = Image.fromarray(np.round(arr * 65535.0).astype(np.uint16))
-    else:
-        img = Image.fromarray(np.round(arr * 255.0).astype(np.uint8), "RGB" if arr.ndim == 3 else "L")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=6 if arr.dtype == bool else 0)
-    return buf.getvalue()
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(arr.astype(np.uint8) * 255, "L").save(buf, format="PNG", compress_level=6)
+        return buf.getvalue()
+    if bits == 16 and arr.ndim == 2:
+        return write_png(np.round(arr * 65535.0).astype(np.uint16))
+    return write_png(np.round(arr * 255.0).astype(np.uint8))
 
 
 def _decode_row(row: int, path: str, masks: dict[str, str], opts: DecodeOptions) -> dict:

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmrad.config import PreprocessConfig
-from mmrad.data.transforms import fit_to_square, normalize, to_float_array
+from mmrad.data.transforms import encoded_images, fit_to_square, normalize, to_float_array
 from mmrad.errors import MMRadError, MMRadImageError
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def collect_inputs(inputs: list[str | Path], *, split: str = "test") -> tuple[li
             splits, _ = load_corpus(path)
             if split not in splits:
                 raise MMRadError(f"{path}: no split {split!r} (have: {', '.join(splits)})")
-            corpus_split = splits[split]
+            corpus_split = encoded_images(splits[split])
             items += [InferenceItem(f"{split}:{i}", row=i) for i in range(len(corpus_split))]
         elif path.is_dir():
             found = sorted(

@@ -27,13 +27,19 @@ class AugmentConfig:
 
 
 def to_float_array(image) -> np.ndarray:
-    """A PIL image, ``{"bytes": ...}`` dict or array as float32 in [0, 1], (H, W) grey or (H, W, 3) colour."""
+    """A PIL image, ``{"bytes": ...}`` dict or array as float32 in [0, 1], (H, W) grey or (H, W, 3) colour.
+
+    Undecoded cache images (the collator's rows) are read by :func:`mmrad.data.png.read_png` when they are in its
+    fast form, else by PIL."""
     from PIL import Image
 
     if isinstance(image, dict):
         import io
 
-        image = Image.open(io.BytesIO(image["bytes"]))
+        from mmrad.data.png import read_png
+
+        pixels = read_png(image["bytes"])
+        image = pixels if pixels is not None else Image.open(io.BytesIO(image["bytes"]))
     if isinstance(image, np.ndarray):
         arr = image
         if arr.dtype == np.uint8:
@@ -49,6 +55,15 @@ def to_float_array(image) -> np.ndarray:
     if mode in ("L", "1", "LA"):
         return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def encoded_images(split):
+    """``split`` with its ``image`` column left as PNG bytes (``{"bytes", "path"}``), for :func:`to_float_array`."""
+    from datasets import Image
+
+    if isinstance(split.features.get("image"), Image):
+        split = split.cast_column("image", Image(decode=False))
+    return split
 
 
 def fit_to_square(image: np.ndarray, size: int, mode: str = "pad") -> tuple[np.ndarray, np.ndarray]:

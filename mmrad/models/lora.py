@@ -5,7 +5,8 @@ module name or a dotted suffix of one, as in peft):
 
 * open_clip ViT and native open_clip text: ``attn`` — the ``nn.MultiheadAttention`` module itself, which peft adapts
   as a whole (packed q/k/v and the output projection); its ``out_proj`` alone would be silently bypassed because MHA
-  reads that weight directly — plus ``mlp.c_fc`` and ``mlp.c_proj``;
+  reads that weight directly — plus ``mlp.c_fc`` and ``mlp.c_proj``. Its adapters run unmerged
+  (:mod:`mmrad.models.lora_attention`) instead of peft's merge-per-forward;
 * timm ViT (BiomedCLIP): ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``;
 * ResNets (open_clip ModifiedResNet, timm CNNs): the convolutions ``conv1``, ``conv2``, ``conv3``. ModifiedResNet's
   attention pool is not adapted: it passes its projection weights to ``F.multi_head_attention_forward`` directly;
@@ -113,6 +114,10 @@ def apply_lora(model, settings: LoraSettings):
                 target_modules=names,
                 bias="none",
             )
+            if hasattr(config, "_register_custom_module"):  # MHA adapters that never merge (lora_attention.py)
+                from mmrad.models.lora_attention import UnmergedLoraMultiheadAttention
+
+                config._register_custom_module({nn.MultiheadAttention: UnmergedLoraMultiheadAttention})
             inject_adapter_in_model(config, module)
             for name, param in module.named_parameters():
                 param.requires_grad = "lora_" in name

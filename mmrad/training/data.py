@@ -175,7 +175,7 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
     )
     train_rows = splits["train"]
     train_loader = DataLoader(
-        SeededRows(train_rows.select_columns(train_collator.columns), cfg.train.seed, sampler),
+        SeededRows(train_collator.rows(train_rows), cfg.train.seed, sampler),
         batch_size=cfg.data.batch_size,
         sampler=sampler,
         collate_fn=train_collator,
@@ -187,7 +187,7 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
     if eval_split in splits and len(splits[eval_split]) > 0:
         eval_collator = MMRadCollator(train=False, **common)
         eval_loader = DataLoader(
-            splits[eval_split].select_columns(eval_collator.columns),
+            eval_collator.rows(splits[eval_split]),
             batch_size=cfg.data.eval_batch_size,
             shuffle=False,
             collate_fn=eval_collator,

@@ -37,7 +37,7 @@ class DemoSettings:
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        return cls(studies=160, source_size=96, pretrain_steps=40, finetune_steps=40)
+        return cls(studies=160, source_size=96, pretrain_steps=30, finetune_steps=30)
 
 
 @dataclass

@@ -13,11 +13,12 @@ memory is its own. Memory and time come from two passes. The memory pass (one wa
 optimiser state, then one step) runs its processes with ``MALLOC_MMAP_THRESHOLD_=131072``, so glibc returns freed
 tensor memory to the system at once and the peak resident set size (VmHWM) follows the live tensors, as
 ``torch.cuda.max_memory_allocated`` does on a GPU (with glibc's default, freed activations stay resident and the
-peak says more about fragmentation than about the method). Two figures: the peak above the process before the model
-is built (weights, gradients, optimiser state, activations: what must fit), and the peak above the loaded model
-(what training adds). On CUDA the same two figures come from ``torch.cuda.max_memory_allocated``. The time pass runs
-with the default allocator; its processes take turns step by step (only one computes at a time), so machine load
-hits every mode alike; the best step time after a warm-up counts.
+peak says more about fragmentation than about the method). Two figures: the peak above the process with its
+libraries imported, before the model is built (weights, gradients, optimiser state, activations: what must fit),
+and the peak above the loaded model (what training adds). On CUDA the same two figures come from
+``torch.cuda.max_memory_allocated``. The time pass runs with the default allocator; its processes take turns step
+by step (only one computes at a time), so machine load hits every mode alike; the best step time after a warm-up
+counts.
 
     .venv/bin/python scripts/bench_lora.py [--batch-size 8] [--steps 2] [--device cpu]
 """
@@ -81,7 +82,12 @@ def _status(key: str) -> int:
 
 def child(mode: str, args: argparse.Namespace) -> None:
     """One mode: build, then run a step for every 'step' line on stdin, answering 'step <s> <peak bytes>'."""
+    import open_clip  # noqa: F401  (the libraries first: their ~0.3 GiB is neither method's memory)
+    import peft  # noqa: F401
     import torch
+    import transformers  # noqa: F401
+
+    import mmrad.models  # noqa: F401
 
     torch.manual_seed(0)
     device = torch.device(args.device)

@@ -202,6 +202,9 @@ class TrainConfig:
     freeze_vision: bool = False  # without LoRA: train the vision tower in full unless frozen
     freeze_text: bool = False
     gradient_checkpointing: bool = False
+    # keep each tower MLP's activation input, not its output, for the backward pass (recomputed there; see
+    # mmrad/models/recompute.py): less activation memory for one more pointwise pass per MLP
+    recompute_activations: bool = True
     init_from: str | None = None  # a saved model folder whose weights start this run (e.g. a pre-training stage)
 
     def __post_init__(self):

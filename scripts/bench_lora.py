@@ -6,7 +6,9 @@ BERT-base-sized text tower (12 layers, hidden 768, 12 heads) from config dicts, 
 ``configs/biomedclip_lora.yaml`` (r=8, alpha 16, both towers, mmrad's default targets) with mmrad's default LoRA
 dropout, 0 (peft's default too); ``--lora-dropout 0.05`` measures the config's dropout, recorded under names ending
 in ``@dropout0.05``: dropout keeps a dropped copy of every adapted layer's input for the backward pass, which costs
-activation memory. A step is forward + backward + AdamW.
+activation memory. Both arms recompute the towers' MLP activation outputs in the backward pass, as ``mmrad train``
+does by default (``train.recompute_activations``); ``--no-recompute-activations`` keeps them (names ending in
+``@no-recompute``). A step is forward + backward + AdamW.
 
 Four modes — full, LoRA, and each with ``set_grad_checkpointing`` — each run in its own subprocess, so that a mode's
 memory is its own. Memory and time come from two passes. The memory pass (one warm-up step that allocates the
@@ -97,6 +99,8 @@ def child(mode: str, args: argparse.Namespace) -> None:
     model.to(device).train()
     if checkpointing:
         model.set_grad_checkpointing(True)
+    if not args.no_recompute_activations:  # mmrad train's default (train.recompute_activations), in both arms
+        model.set_activation_recompute(True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     n = args.batch_size
@@ -176,6 +180,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed steps per mode, after one warm-up step")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     parser.add_argument("--lora-dropout", type=float, default=None, help="LoRA dropout (default: mmrad's, 0)")
+    parser.add_argument("--no-recompute-activations", action="store_true",
+                        help="keep the MLP activation outputs (mmrad's train.recompute_activations off in both arms); "
+                        "recorded under names ending in @no-recompute")  # fmt: skip
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     add_common_arguments(parser)
     args = parser.parse_args()
@@ -188,6 +195,8 @@ def main() -> None:
             "--text-length", str(args.text_length)]  # fmt: skip
     if args.lora_dropout is not None:
         argv += ["--lora-dropout", str(args.lora_dropout)]
+    if args.no_recompute_activations:
+        argv.append("--no-recompute-activations")
     params, peaks, _ = run_pass(argv, modes, steps=1, env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072"))
     _, _, times = run_pass(argv, modes, steps=args.steps, env=None)
 
@@ -202,7 +211,9 @@ def main() -> None:
               f"memory {totals[mode] / 2**30:5.2f} GiB total, +{peaks[mode] / 2**30:5.2f} GiB training")  # fmt: skip
     gib = 2**30
     tag_dropout = "" if args.lora_dropout in (None, 0.0) else f"@dropout{args.lora_dropout:g}"
-    if "lora" in params and not tag_dropout:  # the shares do not depend on the dropout
+    tag_recompute = "@no-recompute" if args.no_recompute_activations else ""
+    tag_dropout += tag_recompute
+    if "lora" in params and not tag_dropout:  # the shares depend on neither
         trainable, total, tower_trainable, tower_total, _ = params["lora"]
         # the goal is on the towers (what LoRA replaces); the decoder, projections and head train in both arms
         record(args, "lora_tower_trainable_share" + tag_dropout, value=100 * tower_trainable / tower_total,
@@ -236,7 +247,7 @@ def main() -> None:
     for base in ("full", "lora"):
         ckpt = base + "+ckpt"
         if {base, ckpt} <= set(modes):
-            which = base + (tag_dropout if base == "lora" else "")
+            which = base + (tag_dropout if base == "lora" else tag_recompute)
             record(args, f"grad_checkpointing_memory_{which}", value=peaks[ckpt] / gib, baseline=peaks[base] / gib,
                    ratio=peaks[ckpt] / peaks[base], goal=None, higher_is_better=False, unit="GiB")  # fmt: skip
             record(args, f"grad_checkpointing_step_time_{which}", value=times[ckpt], baseline=times[base],

@@ -106,6 +106,7 @@ class MMRadModel(nn.Module):
         self.register_buffer("special_token_ids", torch.tensor(special, dtype=torch.long), persistent=False)
 
         self.lora_settings = None
+        self._activation_recompute = None
         self.name_or_path: str | None = None  # the folder or repo this model was loaded from
         self.towers_from_sources = False  # True when from_towers loaded named pretrained weights
         self._query_cache: tuple[tuple, torch.Tensor] | None = None  # (text tower fingerprint, description features)
@@ -403,3 +404,14 @@ class MMRadModel(nn.Module):
         """Trade compute for memory in both towers."""
         self.vision.set_grad_checkpointing(enable)
         self.text.set_grad_checkpointing(enable)
+
+    def set_activation_recompute(self, enable: bool = True) -> None:
+        """During :meth:`forward`, keep each tower MLP's activation input instead of its output for the backward
+        pass, which recomputes the output (:mod:`mmrad.models.recompute`); gradients are unchanged."""
+        from mmrad.models.recompute import ActivationRecompute
+
+        if self._activation_recompute is not None:
+            self._activation_recompute.remove()
+            self._activation_recompute = None
+        if enable:
+            self._activation_recompute = ActivationRecompute([self.vision, self.text], owner=self)

@@ -72,6 +72,8 @@ def build_model(cfg: ExperimentConfig):
         apply_lora(model, cfg.lora)
     if cfg.train.gradient_checkpointing:
         model.set_grad_checkpointing(True)
+    if cfg.train.recompute_activations:
+        model.set_activation_recompute(True)
     return model
 
 

@@ -335,7 +335,7 @@ class MMRadModel(nn.Module):
             text_features: precomputed :meth:`text_features` of the reports, instead of running the text tower on
                 ``input_ids`` (which are then only needed for the local loss's special-token mask).
             masks, mask_valid: (B, K, S, S) finding masks at the input's pixels and (B, K) which exist (for the
-                grounding loss; the collator's ``return_masks``).
+                grounding loss with the finding queries; the collator's ``return_masks``).
 
         Returns:
             :class:`MMRadOutput`.
@@ -368,7 +368,7 @@ class MMRadModel(nn.Module):
                 terms["classification"] = classification_loss(logits, labels, self._policies(logits.shape[-1]))
             if words is not None:
                 terms["local"] = local_alignment_loss(words, word_mask, memory, weights.local_temperature)
-            if weights.grounding > 0 and masks is not None and labels is not None:
+            if weights.grounding > 0 and masks is not None and labels is not None and query_input_ids is None:
                 layers = attentions[-self.config.fusion.attention_layers :]  # the layers the maps average
                 attention = torch.stack(list(layers)).mean(0)
                 terms["grounding"] = grounding_loss(attention, masks, mask_valid, labels, grid)

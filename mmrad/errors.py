@@ -7,6 +7,7 @@ import os
 import re
 from contextlib import contextmanager
 from os import PathLike
+from pathlib import Path
 
 
 class MMRadError(Exception):
@@ -95,6 +96,20 @@ def writing(path: str | PathLike, staging: str | PathLike | None = None):
         if names and not inside:
             raise
         raise OutputError(path, err) from err
+
+
+@contextmanager
+def atomic_file(path: str | PathLike):
+    """Yield a temporary path beside ``path`` to write the whole file to; when the block ends it replaces ``path``.
+    A failure (a full disk, a crash) leaves ``path`` as it was and no temporary file; I/O errors name ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with writing(path):
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def ensure_writable_dir(folder: str | PathLike) -> None:

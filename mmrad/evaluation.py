@@ -15,14 +15,13 @@ Every number goes through the evaluate modules shipped in :mod:`mmrad.metrics`, 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmrad.errors import ensure_writable_dir, writing
+from mmrad.errors import atomic_file, ensure_writable_dir, writing
 from mmrad.training.evaluation import Predictions, predict, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -53,14 +52,11 @@ def roc_plots(pred: Predictions, names: list[str], folder: Path, title: str = ""
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
         path = folder / f"roc_{slug(name)}.png"
-        tmp = folder / f".{path.name}.tmp"
         try:
-            with writing(path):
+            with atomic_file(path) as tmp:  # a failed write never leaves half a PNG
                 fig.savefig(tmp, format="png")
-                os.replace(tmp, path)  # a failed write never leaves half a PNG
         finally:
             plt.close(fig)
-            tmp.unlink(missing_ok=True)
         paths.append(path)
     return paths
 

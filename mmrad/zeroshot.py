@@ -24,7 +24,6 @@ gathers the results in input order on every rank.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmrad.errors import MMRadError
+from mmrad.errors import MMRadError, atomic_file, writing
 from mmrad.feature_cache import ImageFeatureCache, TextEmbeddingCache
 from mmrad.prompts import FindingPrompts, PromptBank, load_prompt_bank
 
@@ -255,13 +254,12 @@ def write_results_csv(result: ZeroShotResult, path: str | Path) -> Path:
     import csv
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["image", *result.queries, "error"])
         for i, image_id in enumerate(result.ids):
             values = ["" if np.isnan(p) else f"{p:.4f}" for p in result.probs[i]]
             writer.writerow([image_id, *values, result.errors.get(image_id, "")])
-    os.replace(tmp, path)
     return path

@@ -27,7 +27,7 @@ import numpy as np
 
 from mmrad import __version__
 from mmrad.data.imagecache import quiet_datasets
-from mmrad.errors import MMRadError, writing
+from mmrad.errors import MMRadError, atomic_file, writing
 
 CORPUS_VERSION = 1  # bump when the corpus layout changes
 INFO_FILE = "mmrad_corpus.json"
@@ -108,13 +108,8 @@ def write_corpus(out: Path, splits, info: CorpusInfo, rejects: list[tuple[int, s
             shutil.rmtree(target)
         os.replace(staging / name, target)
     shutil.rmtree(staging, ignore_errors=True)
-    tmp = out / f"{INFO_FILE}.tmp"
-    with writing(out / INFO_FILE):
-        try:
-            tmp.write_text(json.dumps(dataclasses.asdict(info), indent=2, allow_nan=False), encoding="utf-8")
-            os.replace(tmp, out / INFO_FILE)
-        finally:
-            tmp.unlink(missing_ok=True)
+    with atomic_file(out / INFO_FILE) as tmp:
+        tmp.write_text(json.dumps(dataclasses.asdict(info), indent=2, allow_nan=False), encoding="utf-8")
 
 
 def read_info(path: Path) -> CorpusInfo | None:

@@ -89,7 +89,6 @@ def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON to a temporary file and rename it, so a crash never leaves half a file (NaN -> null)."""
     import json
     import math
-    import os
 
     def clean(value):
         if isinstance(value, dict):
@@ -102,12 +101,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
             return clean(value.item())
         return value
 
-    from mmrad.errors import writing
+    from mmrad.errors import atomic_file
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with writing(path):
-        try:
-            tmp.write_text(json.dumps(clean(data), indent=1))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)  # a full disk leaves no partial temporary file
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(clean(data), indent=1))

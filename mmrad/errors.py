@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
@@ -110,6 +111,23 @@ def atomic_file(path: str | PathLike):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def staging_folder(out: str | PathLike):
+    """Yield a new, empty hidden sibling of the folder ``out`` to write a whole folder into; the caller moves its
+    content into place at the end of the block. The sibling is removed whatever happens (a full disk, an error);
+    I/O errors there or in ``out`` name ``out``."""
+    out = Path(out)
+    staging = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    with writing(out, staging):
+        shutil.rmtree(staging, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def ensure_writable_dir(folder: str | PathLike) -> None:

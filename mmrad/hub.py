@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmrad.cards import DATA_SUMMARY_NAME, METRICS_NAME, read_json, write_card
-from mmrad.errors import MMRadError, writing
+from mmrad.errors import MMRadError, staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -168,18 +168,11 @@ def prepare_upload(
         raise MMRadError(f"{out}: the dry-run folder exists and is not empty")
     read_config(src)  # not a model folder, or one from a newer mmrad: refused before anything is written
     # written into a hidden sibling and renamed when complete and scanned: no half folder, even after a crash
-    staging = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    try:
-        with writing(out, staging):
-            shutil.rmtree(staging, ignore_errors=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            staging.mkdir()
-            _write_upload(src, staging, repo_id, adapter_only, base_model, metrics_file, known_keys)
-            if out.exists():
-                out.rmdir()  # empty (checked above)
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staging_folder(out) as staging:
+        _write_upload(src, staging, repo_id, adapter_only, base_model, metrics_file, known_keys)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(staging, out)
     return out
 
 

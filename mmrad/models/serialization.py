@@ -22,7 +22,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -30,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from mmrad import __version__
 from mmrad.config import LoraSettings, MMRadConfig
-from mmrad.errors import MMRadError, writing
+from mmrad.errors import MMRadError, staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -81,29 +80,22 @@ def save_model(model, save_directory: str | Path, *, adapter_only: bool = False,
     from mmrad.cards import DATA_SUMMARY_NAME, METRICS_NAME, read_json, write_card
 
     # everything is written into a hidden sibling first: a full disk or a crash leaves `out` as it was
-    staging = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    with writing(out, staging):
-        shutil.rmtree(staging, ignore_errors=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()
-        try:
-            with open(staging / CONFIG_NAME, "w", encoding="utf-8") as f:
-                json.dump({**meta, **model.config.to_dict()}, f, indent=2)
-                f.write("\n")
-            save_file(state, str(staging / (ADAPTER_WEIGHTS_NAME if adapter_only else WEIGHTS_NAME)),
-                      metadata={"format": "pt"})  # fmt: skip
-            if hasattr(model.tokenizer, "save_pretrained"):
-                model.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
-            write_prompt_bank(model, staging)
-            # the card reads metrics.json / data_summary.json when the folder already has them
-            write_card(staging, metrics=read_json(out / METRICS_NAME), data_summary=read_json(out / DATA_SUMMARY_NAME),
-                       location=str(out))  # fmt: skip
-            out.mkdir(exist_ok=True)
-            _publish(staging, out)
-            # one weights file per folder, so a folder is never ambiguous
-            (out / (WEIGHTS_NAME if adapter_only else ADAPTER_WEIGHTS_NAME)).unlink(missing_ok=True)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    with staging_folder(out) as staging:
+        with open(staging / CONFIG_NAME, "w", encoding="utf-8") as f:
+            json.dump({**meta, **model.config.to_dict()}, f, indent=2)
+            f.write("\n")
+        save_file(state, str(staging / (ADAPTER_WEIGHTS_NAME if adapter_only else WEIGHTS_NAME)),
+                  metadata={"format": "pt"})  # fmt: skip
+        if hasattr(model.tokenizer, "save_pretrained"):
+            model.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
+        write_prompt_bank(model, staging)
+        # the card reads metrics.json / data_summary.json when the folder already has them
+        write_card(staging, metrics=read_json(out / METRICS_NAME), data_summary=read_json(out / DATA_SUMMARY_NAME),
+                   location=str(out))  # fmt: skip
+        out.mkdir(exist_ok=True)
+        _publish(staging, out)
+        # one weights file per folder, so a folder is never ambiguous
+        (out / (WEIGHTS_NAME if adapter_only else ADAPTER_WEIGHTS_NAME)).unlink(missing_ok=True)
     logger.info("saved %s%s to %s", "adapters of " if adapter_only else "", type(model).__name__, out)
     return out
 

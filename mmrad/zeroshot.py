@@ -180,16 +180,15 @@ def run_zero_shot(
         cache_images: keep image features on disk across runs (see
             :class:`~mmrad.feature_cache.ImageFeatureCache`): images already there skip decoding and the image tower.
     """
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     from mmrad.data.inputs import InferenceImages, collate_inference, collect_inputs
+    from mmrad.processes import process_state
 
     if not queries:
         raise MMRadError("give at least one query")
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # a no-op when already set up
+    state = process_state()  # a no-op when already set up
     if state.num_processes > 1:
         model.to(state.device)
     items, corpus_split = collect_inputs(inputs, split=split)

@@ -41,15 +41,12 @@ def _add_zero_shot(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_zero_shot(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
     from mmrad.models.modeling import MMRadModel
+    from mmrad.processes import process_state
     from mmrad.zeroshot import run_zero_shot, write_results_csv
 
-    # under `accelerate launch` each process scores a share; rank 0 writes and prints. PartialState, unlike
-    # Accelerator, does not read ACCELERATE_USE_CPU (without it CPU ranks would each run alone)
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    # under `accelerate launch` each process scores a share; rank 0 writes and prints
+    state = process_state()
     model = MMRadModel.from_pretrained(args.model)
     result = run_zero_shot(
         model, args.inputs, args.queries, scorer=args.scorer, prompts=args.prompts, mode=args.mode,

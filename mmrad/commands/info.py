@@ -39,9 +39,10 @@ def _run_info(args: argparse.Namespace) -> int:
         print(f"  {'yes' if ok else 'NO ':<4} {name}")
 
     import torch
-    from accelerate import PartialState
 
-    state = PartialState()
+    from mmrad.processes import process_state
+
+    state = process_state()
     print("\ndevice:")
     print(f"  accelerate device    {state.device}")
     print(f"  cuda available       {torch.cuda.is_available()} ({torch.cuda.device_count()} device(s))")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -53,6 +52,7 @@ from mmrad.data.manifest import Manifest, ManifestError, ManifestRow, Reject, re
 from mmrad.data.privacy import default_salt, deidentify_text, hash_identifier
 from mmrad.data.splits import SPLIT_NAMES, parse_fractions, patient_split
 from mmrad.errors import writing
+from mmrad.processes import launched_processes
 
 logger = logging.getLogger(__name__)
 
@@ -355,18 +355,6 @@ def ingest(
         state.destroy_process_group()
     return IngestSummary(out, info, reused=False, shards_reused=len(shards) - decoded, shards_decoded=decoded,
                          seconds=time.perf_counter() - start)  # fmt: skip
-
-
-def launched_processes():
-    """The accelerate ``PartialState`` when this process is one of several (``accelerate launch``, ``torchrun``),
-    else None. ``ACCELERATE_USE_CPU=1`` is passed on: ``PartialState`` does not read it by itself."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    return state if state.num_processes > 1 else None
 
 
 def _subset(features, columns):

@@ -170,26 +170,21 @@ def local_alignment_loss(
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
-def grounding_loss(
-    attention: torch.Tensor,
-    masks: torch.Tensor,
-    valid: torch.Tensor,
-    labels: torch.Tensor,
-    grid: tuple[int, int],
-) -> torch.Tensor:
+def grounding_loss(maps: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """KL(mask distribution || attention) over the present findings that have a mask.
 
     Args:
-        attention: (B, K, N) each finding query's attention over the N = h * w patches (rows sum to 1).
+        maps: (B, K, h, w) each finding query's attention over the patch grid (each map sums to 1), as
+            :meth:`~mmrad.models.modeling.MMRadModel.attention_maps` returns it.
         masks: (B, K, S, S) float 0/1 at the model input's pixels.
         valid: (B, K) bool, the masks that exist.
         labels: (B, K) 1 / 0 / -1 / NaN; only findings labelled 1 count (an absent finding has nowhere to look).
-        grid: (h, w) of the patch tokens.
 
     Returns:
         Scalar mean over the counted pairs (0, still attached to the graph, when none count).
     """
-    target = F.adaptive_avg_pool2d(masks.to(attention.dtype), grid).flatten(-2)  # (B, K, N) mask share per patch
+    attention = maps.flatten(-2)  # (B, K, N)
+    target = F.adaptive_avg_pool2d(masks.to(maps.dtype), maps.shape[-2:]).flatten(-2)  # mask share per patch
     mass = target.sum(-1)
     count = valid.to(torch.bool) & (labels == 1) & (mass > 0)
     target = target / mass.clamp(min=1e-12).unsqueeze(-1)

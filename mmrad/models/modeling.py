@@ -369,9 +369,8 @@ class MMRadModel(nn.Module):
             if words is not None:
                 terms["local"] = local_alignment_loss(words, word_mask, memory, weights.local_temperature)
             if weights.grounding > 0 and masks is not None and labels is not None and query_input_ids is None:
-                layers = attentions[-self.config.fusion.attention_layers :]  # the layers the maps average
-                attention = torch.stack(list(layers)).mean(0)
-                terms["grounding"] = grounding_loss(attention, masks, mask_valid, labels, grid)
+                maps = self.attention_maps(attentions, grid)  # the maps grounding shows
+                terms["grounding"] = grounding_loss(maps, masks, mask_valid, labels)
         loss = None
         if terms:
             loss = sum(getattr(weights, name) * value for name, value in terms.items())

@@ -104,6 +104,20 @@ def contrastive_loss(
     return (F.cross_entropy(logits_i2t, local) + F.cross_entropy(logits_t2i, local)) / 2
 
 
+def total_loss(terms: dict[str, torch.Tensor], weights, uses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The sum of the loss ``terms`` weighted by ``weights`` (the ``model.loss`` config).
+
+    ``uses`` maps a term's name to (a sum of) the outputs only that term reads: when the term is absent they join the
+    graph with zero gradient, so that every trainable parameter receives a gradient each step and DDP needs no
+    ``find_unused_parameters``.
+    """
+    loss = sum(getattr(weights, name) * value for name, value in terms.items())
+    for name, outputs in uses.items():
+        if name not in terms:
+            loss = loss + 0.0 * outputs
+    return loss
+
+
 def uncertainty_targets(labels: torch.Tensor, policies: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels (B, K) in {1, 0, -1, NaN} -> (targets in {0, 1}, bool mask of entries that count); the torch twin of
     :func:`mmrad.labels.apply_uncertainty`."""

@@ -27,9 +27,15 @@ from torch import nn
 
 from mmrad.config import ConfigError, MMRadConfig
 from mmrad.models.fusion import QueryDecoder, attention_maps
-from mmrad.models.losses import classification_loss, contrastive_loss, grounding_loss, local_alignment_loss
+from mmrad.models.losses import (
+    classification_loss,
+    contrastive_loss,
+    grounding_loss,
+    local_alignment_loss,
+    total_loss,
+)
 from mmrad.models.outputs import MMRadOutput, resolve_labels
-from mmrad.models.pretrained import adopt_preprocess, is_tower_parameter, load_pretrained_towers
+from mmrad.models.pretrained import model_from_towers
 from mmrad.models.text_tower import TextTower, build_text_tower
 from mmrad.models.vision_tower import VisionTower, build_vision_tower, resolve_model_cfg
 
@@ -134,23 +140,9 @@ class MMRadModel(nn.Module):
         """Build the model with pretrained tower weights: ``vision.model_name`` + ``pretrained`` (open_clip tag,
         checkpoint file, ``local-dir:`` or ``hf-hub:``), ``vision.model_cfg`` + a checkpoint file, and
         ``text.name_or_path`` (a local folder or Hub id) or the open_clip checkpoint's text tower. This is the only
-        constructor that may use the network. The projections, decoder and head are new (logged)."""
-        vision, text, tokenizer, model_cfg, hf_cfg, preprocess = load_pretrained_towers(config.vision, config.text)
-        config = copy.deepcopy(config)
-        config.vision.model_cfg = model_cfg
-        if hf_cfg is not None:
-            config.text.hf_config = hf_cfg
-        adopt_preprocess(config, preprocess, vision.image_size)
-        model = cls(config, vision_tower=vision, text_tower=text, tokenizer=tokenizer)
-        model.towers_from_sources = True
-        new = [(n, p.numel()) for n, p in model.named_parameters() if not is_tower_parameter(n)]
-        groups = sorted({n.split(".")[0] for n, _ in new})
-        logger.info(
-            "newly initialised (not in the pretrained towers): %s — %d parameters",
-            ", ".join(groups),
-            sum(k for _, k in new),
-        )
-        return model
+        constructor that may use the network. The projections, decoder and head are new (logged). See
+        :func:`mmrad.models.pretrained.model_from_towers`."""
+        return model_from_towers(cls, config)
 
     def save_pretrained(self, save_directory: str | Path, *, adapter_only: bool = False, base_model=None) -> Path:
         """Write ``config.json``, ``model.safetensors`` (or ``adapter_model.safetensors``) and the tokenizer.
@@ -371,15 +363,8 @@ class MMRadModel(nn.Module):
             if weights.grounding > 0 and masks is not None and labels is not None and query_input_ids is None:
                 maps = self.attention_maps(attentions, grid)  # the maps grounding shows
                 terms["grounding"] = grounding_loss(maps, masks, mask_valid, labels)
-        loss = None
-        if terms:
-            loss = sum(getattr(weights, name) * value for name, value in terms.items())
-            # outputs that no term used still join the graph (with zero gradient), so that every trainable
-            # parameter receives a gradient each step and DDP needs no find_unused_parameters
-            if "contrastive" not in terms:
-                loss = loss + 0.0 * (image_embeds.sum() + scale)
-            if "classification" not in terms:
-                loss = loss + 0.0 * logits.sum()
+        uses = {"contrastive": image_embeds.sum() + scale, "classification": logits.sum()}
+        loss = total_loss(terms, weights, uses) if terms else None
         return MMRadOutput(
             loss=loss,
             loss_terms=terms,
@@ -407,10 +392,6 @@ class MMRadModel(nn.Module):
     def set_activation_recompute(self, enable: bool = True) -> None:
         """During :meth:`forward`, keep each tower MLP's activation input instead of its output for the backward
         pass, which recomputes the output (:mod:`mmrad.models.recompute`); gradients are unchanged."""
-        from mmrad.models.recompute import ActivationRecompute
+        from mmrad.models.recompute import set_activation_recompute
 
-        if self._activation_recompute is not None:
-            self._activation_recompute.remove()
-            self._activation_recompute = None
-        if enable:
-            self._activation_recompute = ActivationRecompute([self.vision, self.text], owner=self)
+        set_activation_recompute(self, enable)

@@ -2,8 +2,9 @@
 
 :func:`load_pretrained_towers` builds both towers from an open_clip tag, checkpoint file, ``local-dir:`` folder or
 ``hf-hub:`` id and from a Hugging Face folder or Hub id; local pickle files are refused unless they hold only tensors
-(:func:`check_tensor_file`). :func:`adopt_preprocess` makes the config's preprocessing match the pretrained tower, and
-:func:`is_tower_parameter` tells the pretrained towers' parameters from the newly initialised ones.
+(:func:`check_tensor_file`). :func:`adopt_preprocess` makes the config's preprocessing match the pretrained tower,
+:func:`model_from_towers` builds the model around them, and :func:`is_tower_parameter` tells the pretrained towers'
+parameters from the newly initialised ones.
 """
 
 from __future__ import annotations
@@ -182,3 +183,24 @@ def adopt_preprocess(config: MMRadConfig, preprocess: dict | None, image_size: i
     if changes:
         logger.info("model.preprocess follows the pretrained vision tower: %s", changes)
         config.preprocess = dataclasses.replace(pre, **changes)
+
+
+def model_from_towers(cls, config: MMRadConfig):
+    """``cls`` (an :class:`~mmrad.models.modeling.MMRadModel`) built around the pretrained towers ``config`` names,
+    its config completed with their model configs and preprocessing (:meth:`MMRadModel.from_towers`)."""
+    vision, text, tokenizer, model_cfg, hf_cfg, preprocess = load_pretrained_towers(config.vision, config.text)
+    config = copy.deepcopy(config)
+    config.vision.model_cfg = model_cfg
+    if hf_cfg is not None:
+        config.text.hf_config = hf_cfg
+    adopt_preprocess(config, preprocess, vision.image_size)
+    model = cls(config, vision_tower=vision, text_tower=text, tokenizer=tokenizer)
+    model.towers_from_sources = True
+    new = [(n, p.numel()) for n, p in model.named_parameters() if not is_tower_parameter(n)]
+    groups = sorted({n.split(".")[0] for n, _ in new})
+    logger.info(
+        "newly initialised (not in the pretrained towers): %s — %d parameters",
+        ", ".join(groups),
+        sum(k for _, k in new),
+    )
+    return model

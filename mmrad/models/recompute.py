@@ -131,3 +131,11 @@ class ActivationRecompute:
         if self._depth == 0:
             context, self._context, self._outputs = self._context, None, None
             context.__exit__(None, None, None)
+
+
+def set_activation_recompute(model, enable: bool) -> None:
+    """Recompute the activation outputs of ``model``'s two towers during its forward, or stop (the watcher is kept
+    as ``model._activation_recompute``)."""
+    if model._activation_recompute is not None:
+        model._activation_recompute.remove()
+    model._activation_recompute = ActivationRecompute([model.vision, model.text], owner=model) if enable else None

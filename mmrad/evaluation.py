@@ -68,12 +68,9 @@ def slug(name: str) -> str:
 def _grounding_extra(model, size: int, smooth: float = 0.5):
     """``predict`` hook: per sample, the attention and cosine maps of every finding query at the input's size,
     smoothed as :func:`mmrad.grounding.ground` smooths the maps it returns (Gaussian, ``smooth`` patches)."""
-    from mmrad.data.collate import boxes_to_masks
     from mmrad.grounding import _gaussian_blur, cosine_maps
 
     def extra(batch: dict, out) -> dict[str, torch.Tensor]:
-        if "masks" not in batch:  # boxes only: draw them as masks
-            batch["masks"], batch["mask_valid"] = boxes_to_masks(batch["boxes"], model.label_names, size)
         grid = out.grid
         attention = model.attention_maps(out.query_attentions, grid)  # (B, K, h, w)
         cosine = cosine_maps(out.patch_embeds.float(), out.query_embeds.float(), grid)  # (B, K, h, w)
@@ -183,7 +180,7 @@ def evaluate_corpus(
     has_masks, has_boxes = annotations == "masks", annotations == "boxes"
     collate = MMRadCollator(model.tokenizer, model.config.preprocess, names, corpus_label_names=info.label_names,
                             max_length=model.config.text.max_length, return_masks=has_masks,
-                            return_boxes=has_boxes)  # fmt: skip
+                            boxes_as_masks=has_boxes)  # fmt: skip
     loader = DataLoader(collate.rows(rows), batch_size=batch_size, collate_fn=collate)
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto"))
     model, loader = accelerator.prepare(model, loader)

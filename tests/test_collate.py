@@ -130,6 +130,21 @@ def test_boxes_and_masks_follow_the_image(tokenizer, train, resize):
     assert abs(b["y"] - ys.min()) <= 1.5 and abs(b["y"] + b["h"] - ys.max() - 1) <= 1.5
 
 
+def test_boxes_become_masks_for_the_grounding_loss(tokenizer):
+    """``boxes_as_masks``: a corpus with boxes and no masks gives the model masks drawn from the boxes."""
+    box = {"label": "pleural_effusion", "x": 1.0, "y": 2.0, "w": 3.0, "h": 2.0}
+    rows = [_row(np.zeros((8, 8)), boxes=[box]), _row(np.zeros((8, 8)))]
+    names = ["Cardiomegaly", "Pleural Effusion"]
+    collate = MMRadCollator(tokenizer, _pre(8), names, boxes_as_masks=True)
+    assert "boxes" in collate.columns and "masks" not in collate.columns
+    out = collate(rows)
+    assert out["mask_valid"].tolist() == [[False, True], [False, False]]
+    assert out["masks"][0, 1].sum() == 6 and out["masks"][0, 1, 2:4, 1:4].all()
+    assert "masks" not in MMRadCollator(tokenizer, _pre(8), names)(rows)
+    with pytest.raises(ValueError, match="choose one"):
+        MMRadCollator(tokenizer, _pre(8), names, return_masks=True, boxes_as_masks=True)
+
+
 def test_geometry_helpers():
     image = np.zeros((10, 20), np.float32)
     out, matrix = fit_to_square(image, 40, "pad")

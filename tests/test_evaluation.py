@@ -61,6 +61,24 @@ def test_boxes_become_masks():
     assert masks[1].sum() == 0 and masks[0, 0].sum() == 0
 
 
+def test_a_corpus_with_boxes_only_is_grounded_against_its_boxes(phantom_model, phantom_corpus, tmp_path, monkeypatch):
+    import mmrad.data.corpus_io as corpus_io
+    from mmrad.evaluation import evaluate_corpus
+
+    load = corpus_io.load_corpus
+
+    def without_masks(path):
+        splits, info = load(path)
+        return {name: split.remove_columns(["masks"]) for name, split in splits.items()}, info
+
+    monkeypatch.setattr(corpus_io, "load_corpus", without_masks)
+    metrics = evaluate_corpus(phantom_model, phantom_corpus, out=tmp_path / "metrics.json", n_bootstrap=0)
+    grounding = metrics["grounding"]
+    assert grounding["source"] == "boxes" and grounding["pairs"] > 0
+    for method in ("attention", "cosine"):
+        assert grounding[method]["n"] == grounding["pairs"] and 0 <= grounding[method]["pointing_game"] <= 1
+
+
 def test_evaluate_errors_are_one_line(phantom_model, phantom_corpus, tmp_path, capsys):
     assert (
         main(

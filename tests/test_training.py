@@ -176,7 +176,7 @@ def test_grounding_loss_trains_the_attention_on_the_corpus_masks(tiny_experiment
     ``grounding`` term that reaches the decoder, and a run trains; a corpus without masks or boxes is refused."""
     from mmrad.data.corpus_io import load_corpus
     from mmrad.errors import MMRadError
-    from mmrad.training.data import build_dataloaders, finding_masks
+    from mmrad.training.data import build_dataloaders
 
     tiny_experiment.model.loss.grounding = 1.0
     tiny_experiment.data.num_workers = 0
@@ -186,9 +186,8 @@ def test_grounding_loss_trains_the_attention_on_the_corpus_masks(tiny_experiment
     assert batch["masks"].shape == (8, len(model.label_names), size, size)
     present = batch["mask_valid"] & (batch["labels"] == 1)
     assert present.any()
-    output = model(
-        pixel_values=batch["pixel_values"], labels=batch["labels"], **finding_masks(batch, model.label_names, size)
-    )
+    masks = {"masks": batch["masks"], "mask_valid": batch["mask_valid"]}
+    output = model(pixel_values=batch["pixel_values"], labels=batch["labels"], **masks)
     assert float(output.loss_terms["grounding"].detach()) > 0
     output.loss_terms["grounding"].backward()
     assert model.decoder.layers[-1].cross_attn.q.weight.grad.abs().sum() > 0
@@ -207,14 +206,3 @@ def test_grounding_loss_trains_the_attention_on_the_corpus_masks(tiny_experiment
     splits["train"] = splits["train"].remove_columns(["masks", "boxes"])
     with pytest.raises(MMRadError, match="needs finding masks or boxes"):
         build_dataloaders(tiny_experiment, model, splits=splits, info=info)
-
-
-def test_boxes_become_masks_for_the_grounding_loss():
-    from mmrad.training.data import finding_masks
-
-    batch = {"pixel_values": torch.zeros(2, 3, 8, 8), "boxes": [[{"label": "pleural_effusion", "x": 1, "y": 2, "w": 3,
-                                                                   "h": 2}], []]}  # fmt: skip
-    out = finding_masks(batch, ["Cardiomegaly", "Pleural Effusion"], 8)
-    assert out["mask_valid"].tolist() == [[False, True], [False, False]]
-    assert out["masks"][0, 1].sum() == 6 and out["masks"][0, 1, 2:4, 1:4].all()
-    assert finding_masks({"pixel_values": torch.zeros(1)}, ["Cardiomegaly"], 8) == {}

@@ -52,6 +52,8 @@ class MMRadCollator:
         max_length: tokens per text.
         return_boxes: add ``boxes``, a list per image of ``{"label", "x", "y", "w", "h"}`` in input pixels.
         return_masks: add ``masks`` (B, K, S, S) float 0/1 per finding of ``label_names`` and ``mask_valid`` (B, K).
+        boxes_as_masks: add ``masks`` / ``mask_valid`` drawn from the rows' boxes (after the fit and any
+            augmentation; :func:`boxes_to_masks`), for a corpus with boxes and no masks.
         augment: augmentation ranges (default :class:`AugmentConfig`).
         generator: a torch generator for reproducible augmentation (default: torch's global RNG, which DataLoader
             seeds per worker).
@@ -69,11 +71,14 @@ class MMRadCollator:
         max_length: int = 128,
         return_boxes: bool = False,
         return_masks: bool = False,
+        boxes_as_masks: bool = False,
         augment: AugmentConfig | None = None,
         generator: torch.Generator | None = None,
     ):
         if text_field not in TEXT_FIELDS:
             raise ValueError(f"text_field must be one of {TEXT_FIELDS}, got {text_field!r}")
+        if return_masks and boxes_as_masks:
+            raise ValueError("return_masks and boxes_as_masks both fill 'masks': choose one")
         self.tokenizer = tokenizer
         self.preprocess = preprocess
         self.label_names = list(label_names)
@@ -87,6 +92,7 @@ class MMRadCollator:
         self.max_length = max_length
         self.return_boxes = return_boxes
         self.return_masks = return_masks
+        self.boxes_as_masks = boxes_as_masks
         self.augment = augment or AugmentConfig()
         self.generator = generator
 
@@ -97,7 +103,7 @@ class MMRadCollator:
         text = ["findings", "impression", "report"] if self.text_field == "findings_impression" else [self.text_field]
         if "report" not in text:
             text.append("report")  # the fallback for an empty section
-        extra = ["boxes"] * self.return_boxes + ["masks"] * self.return_masks
+        extra = ["boxes"] * (self.return_boxes or self.boxes_as_masks) + ["masks"] * self.return_masks
         return ["image", *text, "labels", *extra]
 
     def rows(self, split):
@@ -197,6 +203,8 @@ class MMRadCollator:
         if self.return_masks:
             batch["masks"] = torch.from_numpy(np.stack(masks))
             batch["mask_valid"] = torch.from_numpy(np.stack(valid))
+        if self.boxes_as_masks:
+            batch["masks"], batch["mask_valid"] = boxes_to_masks(boxes, self.label_names, size)
         return batch
 
 

@@ -122,20 +122,6 @@ def losses_read_reports(loss) -> bool:
     return loss.contrastive > 0 or loss.local > 0
 
 
-def finding_masks(batch: dict, names: list[str], size: int) -> dict[str, torch.Tensor]:
-    """The ``masks`` / ``mask_valid`` model arguments of a batch (its boxes drawn as masks when it has no masks);
-    empty when the batch carries neither."""
-    if "masks" in batch:
-        return {"masks": batch["masks"], "mask_valid": batch["mask_valid"]}
-    if "boxes" in batch:
-        from mmrad.data.collate import boxes_to_masks
-
-        masks, valid = boxes_to_masks(batch["boxes"], names, size)
-        device = batch["pixel_values"].device
-        return {"masks": masks.to(device), "mask_valid": valid.to(device)}
-    return {}
-
-
 def text_tower_frozen(model) -> bool:
     return not any(p.requires_grad for p in model.text.parameters())
 
@@ -171,7 +157,7 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
                 f"{cfg.data.corpus}: model.loss.grounding > 0 needs finding masks or boxes, and no train row has any"
             )
     train_collator = MMRadCollator(
-        train=cfg.data.augment, return_masks=annotations == "masks", return_boxes=annotations == "boxes", **common
+        train=cfg.data.augment, return_masks=annotations == "masks", boxes_as_masks=annotations == "boxes", **common
     )
     train_rows = splits["train"]
     train_loader = DataLoader(

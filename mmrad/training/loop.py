@@ -33,7 +33,7 @@ from mmrad.training.checkpoints import (
     remove_partial_checkpoints,
     save_checkpoint,
 )
-from mmrad.training.data import build_dataloaders, finding_masks, losses_read_reports
+from mmrad.training.data import build_dataloaders, losses_read_reports
 from mmrad.training.evaluation import predict, prediction_metrics, write_json_atomic
 from mmrad.training.schedule import param_groups, warmup_cosine
 
@@ -129,7 +129,6 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
     data = (dataloaders or build_dataloaders)(cfg, model)
     train_loader, eval_loader, sampler, text_cache = data.train_loader, data.eval_loader, data.sampler, data.text_cache
     reads_reports = losses_read_reports(cfg.model.loss)
-    label_names, image_size = model.label_names, model.config.preprocess.image_size
     optimizer = torch.optim.AdamW(
         param_groups(
             model.named_parameters(),
@@ -213,7 +212,7 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
                     elif reads_reports:
                         reports = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
                     output = model(pixel_values=batch["pixel_values"], labels=batch["labels"], **reports,
-                                   **finding_masks(batch, label_names, image_size))  # fmt: skip
+                                   masks=batch.get("masks"), mask_valid=batch.get("mask_valid"))  # fmt: skip
                     accelerator.backward(output.loss)
                     if accelerator.sync_gradients and cfg.train.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)

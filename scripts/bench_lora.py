@@ -84,7 +84,7 @@ def _status(key: str) -> int:
 
 def child(mode: str, args: argparse.Namespace) -> None:
     """One mode: build, then run a step for every 'step' line on stdin, answering 'step <s> <peak bytes>'."""
-    import open_clip  # noqa: F401  (the libraries first: their ~0.3 GiB is neither method's memory)
+    import open_clip  # noqa: F401  (the libraries first: their memory is neither method's)
     import peft  # noqa: F401
     import torch
     import transformers  # noqa: F401

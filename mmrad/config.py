@@ -34,15 +34,18 @@ UNCERTAINTY_POLICIES = ("ignore", "ones", "zeros")
 @dataclass
 class VisionConfig:
     model_name: str | None = None  # open_clip model name ("ViT-B-16") or "hf-hub:org/repo"; None = use model_cfg
-    pretrained: str | None = None  # open_clip pretrained tag, local checkpoint path, or None for random init
+    # open_clip pretrained tag, local checkpoint path, a named offline source (mmrad.models.sources, e.g.
+    # "efficientnet-lite2-imagenet"), or None for random init
+    pretrained: str | None = None
     model_cfg: dict | None = (
         None  # full open_clip model config dict ({"embed_dim", "vision_cfg", ...}) for offline builds
     )
     token_layer: int = -1  # the block/stage whose output gives the patch tokens: -1 the last, -2 the one before
 
     def __post_init__(self):
-        if self.model_name is None and self.model_cfg is None:
-            raise ConfigError("model.vision: set model_name or model_cfg")
+        # a named pretrained source (mmrad.models.sources) also gives the architecture: checked when it is resolved
+        if self.model_name is None and self.model_cfg is None and self.pretrained is None:
+            raise ConfigError("model.vision: set model_name, model_cfg or a named pretrained source")
         if self.token_layer >= 0:
             raise ConfigError(f"model.vision.token_layer counts from the end (-1, -2, ...), got {self.token_layer}")
 

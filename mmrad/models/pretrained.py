@@ -23,6 +23,14 @@ from torch import nn
 
 from mmrad.config import ConfigError, MMRadConfig, TextConfig, VisionConfig
 from mmrad.errors import UnsafeFileError
+from mmrad.models.sources import (
+    VISION_SOURCES,
+    is_open_clip_checkpoint,
+    load_timm_checkpoint,
+    read_state_dict,
+    resolve_source,
+    resolve_text_name,
+)
 from mmrad.models.text_tower import TextTower, build_text_tower, build_tokenizer, is_local_dir
 from mmrad.models.vision_tower import VisionTower, build_vision_tower, fit_timm_input_size, resolve_model_cfg
 
@@ -103,6 +111,20 @@ def _open_clip_with_weights(vision: VisionConfig, model_cfg: dict) -> nn.Module 
     return model
 
 
+def _timm_trunk_weights(vision: VisionConfig, model_cfg: dict) -> tuple[dict, str, dict | None] | None:
+    """``(state dict, its name, preprocessing)`` when ``vision.pretrained`` is a named source or a local checkpoint
+    of a bare timm trunk for the config's timm tower; None for everything open_clip loads itself."""
+    source = resolve_source(vision.pretrained, VISION_SOURCES)
+    if source is not None:
+        return read_state_dict(source.locate()), source.name, source.preprocess_cfg()
+    is_timm = "timm_model_name" in model_cfg.get("vision_cfg", {})
+    if not is_timm or vision.model_name is not None or not vision.pretrained or not Path(vision.pretrained).is_file():
+        return None
+    check_tensor_file(vision.pretrained)
+    state = read_state_dict(vision.pretrained)
+    return None if is_open_clip_checkpoint(state) else (state, str(vision.pretrained), None)
+
+
 def _open_clip_text_module(clip: nn.Module, model_cfg: dict) -> nn.Module:
     """The text tower of an open_clip model as one module (native CLIP keeps its text parts at the top level)."""
     if hasattr(clip, "text"):
@@ -126,9 +148,15 @@ def load_pretrained_towers(
     from transformers import AutoModel
 
     model_cfg = resolve_model_cfg(vision, allow_network=True)
-    clip = _open_clip_with_weights(vision, model_cfg)
+    trunk_weights = _timm_trunk_weights(vision, model_cfg)
+    clip = None if trunk_weights is not None else _open_clip_with_weights(vision, model_cfg)
     preprocess = None
-    if clip is not None:
+    if trunk_weights is not None:
+        state, where, preprocess = trunk_weights
+        vision_tower = build_vision_tower(model_cfg, vision.token_layer)
+        logger.info("loading the timm vision tower %s from %s", model_cfg["vision_cfg"]["timm_model_name"], where)
+        load_timm_checkpoint(vision_tower.visual.trunk, state, where=where)
+    elif clip is not None:
         visual = clip.visual
         preprocess = copy.deepcopy(getattr(visual, "preprocess_cfg", None))
         fit_timm_input_size(visual, model_cfg["vision_cfg"])
@@ -149,11 +177,12 @@ def load_pretrained_towers(
         import pickle
 
         logger.info("loading text encoder %s", text.name_or_path)
+        location = resolve_text_name(text.name_or_path)
         try:
             encoder = AutoModel.from_pretrained(
-                text.name_or_path,
+                location,
                 trust_remote_code=text.trust_remote_code,
-                local_files_only=is_local_dir(text.name_or_path),
+                local_files_only=is_local_dir(location),
             )  # pickle weights (pytorch_model.bin) are read with weights_only=True
         except pickle.UnpicklingError as err:
             raise UnsafeFileError(
@@ -161,7 +190,9 @@ def load_pretrained_towers(
                 "tensors, and a pickle file can run code when loaded; use a model with model.safetensors"
             ) from err
         tower = TextTower(encoder, "hf", text.pooler)
-        tokenizer = build_tokenizer(text, None, local_files_only=is_local_dir(text.tokenizer or text.name_or_path))
+        tokenizer = build_tokenizer(
+            text, None, local_files_only=is_local_dir(resolve_text_name(text.tokenizer or text.name_or_path))
+        )
     else:
         logger.warning("model.text names no pretrained weights: the text tower is randomly initialised")
         tower, tokenizer = build_text_tower(text, model_cfg)

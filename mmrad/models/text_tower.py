@@ -20,6 +20,7 @@ from open_clip.model import _build_text_tower
 from torch import nn
 
 from mmrad.config import ConfigError, TextConfig
+from mmrad.models.sources import resolve_text_name
 from mmrad.models.tokenizer import OpenCLIPTokenizer, load_tokenizer
 
 
@@ -148,8 +149,9 @@ def build_text_tower(text: TextConfig, model_cfg: dict | None) -> tuple[TextTowe
         else:
             try:
                 hf_cfg = AutoConfig.from_pretrained(
-                    text.name_or_path, local_files_only=True, trust_remote_code=text.trust_remote_code
-                )
+                    resolve_text_name(text.name_or_path), local_files_only=True,
+                    trust_remote_code=text.trust_remote_code,
+                )  # fmt: skip
             except OSError as err:
                 raise ConfigError(
                     f"model.text: no local config for {text.name_or_path!r}; MMRadModel(config) never downloads. "
@@ -195,7 +197,7 @@ def build_tokenizer(text: TextConfig, model_cfg: dict | None, *, local_files_onl
             name = text_cfg["hf_tokenizer_name"]
         else:
             return OpenCLIPTokenizer(context_length=text_cfg.get("context_length", 77))
-    name = name or text.name_or_path
+    name = resolve_text_name(name or text.name_or_path)
     if name is None:
         raise ConfigError("model.text.tokenizer: set a tokenizer (e.g. 'mmrad:radiology_wordpiece') or name_or_path")
     try:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mmrad.config import ConfigError, VisionConfig
+from mmrad.models.sources import VISION_SOURCES, resolve_source
 
 
 class VisionTower(nn.Module):
@@ -143,11 +144,28 @@ class VisionTower(nn.Module):
 def resolve_model_cfg(cfg: VisionConfig, *, allow_network: bool = False) -> dict:
     """The full open_clip model config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``, ...) of ``cfg``.
 
-    ``model_cfg`` wins; otherwise a built-in name (``"ViT-B-16"``) or ``local-dir:`` folder is read offline. An
-    ``hf-hub:`` name needs ``allow_network`` (only :func:`mmrad.models.pretrained.load_pretrained_towers` sets it).
+    ``model_cfg`` wins (checked against a named pretrained source's architecture); otherwise a built-in name
+    (``"ViT-B-16"``) or ``local-dir:`` folder is read offline, or a named source (:mod:`mmrad.models.sources`) gives
+    its timm tower at its native size. An ``hf-hub:`` name needs ``allow_network`` (only
+    :func:`mmrad.models.pretrained.load_pretrained_towers` sets it).
     """
+    source = resolve_source(cfg.pretrained, VISION_SOURCES)
     if cfg.model_cfg is not None:
-        return copy.deepcopy(cfg.model_cfg)
+        model_cfg = copy.deepcopy(cfg.model_cfg)
+        timm_name = model_cfg.get("vision_cfg", {}).get("timm_model_name")
+        if source is not None and timm_name != source.timm_model:
+            raise ConfigError(
+                f"model.vision.pretrained {source.name!r} holds {source.timm_model} weights, but model_cfg builds "
+                f"{timm_name or 'a non-timm tower'}"
+            )
+        return model_cfg
+    if cfg.model_name is None:
+        if source is None:
+            raise ConfigError(
+                f"model.vision.pretrained {cfg.pretrained!r} is not a named source ({', '.join(VISION_SOURCES)}): "
+                "set model_name or model_cfg to say which architecture it holds"
+            )
+        return source.model_cfg()
     name = cfg.model_name
     if name.startswith("hf-hub:") and not allow_network:
         raise ConfigError(

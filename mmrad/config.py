@@ -193,6 +193,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 50
     max_steps: int = 1000
+    epochs: int | None = None  # when set, max_steps = epochs x the optimiser steps of one pass over the train split
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto = bf16 on capable GPUs, fp32 on CPU
@@ -217,6 +218,8 @@ class TrainConfig:
         for name in ("max_steps", "gradient_accumulation_steps", "eval_every", "save_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1 (or null), got {self.epochs}")
 
 
 @dataclass

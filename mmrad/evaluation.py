@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mmrad.errors import atomic_file, ensure_writable_dir, writing
-from mmrad.training.evaluation import Predictions, predict, write_json_atomic
+from mmrad.training.evaluation import Predictions, paired_embeddings, predict, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -216,9 +216,10 @@ def evaluate_corpus(
         "n": int(len(pred.probs)),
         "classification": classification.compute(names=names, threshold=threshold, n_bootstrap=n_bootstrap),
     }
-    if pred.text_embeds is not None and len(pred.text_embeds) > 1:
+    images, texts = paired_embeddings(pred)  # the rows that have a report
+    if texts is not None and len(texts) > 1:
         retrieval = load_metric("retrieval")
-        retrieval.add_batch(predictions=pred.image_embeds.tolist(), references=pred.text_embeds.tolist())
+        retrieval.add_batch(predictions=images.tolist(), references=texts.tolist())
         metrics["retrieval"] = retrieval.compute()
     if has_masks or has_boxes:
         metrics["grounding"] = {

@@ -38,8 +38,8 @@ def _write_rows(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture
 def mixed(tmp_path) -> Path:
-    """PNG (8- and 16-bit), DICOM (MONOCHROME1/2), JPEG, plus a missing file, a truncated DICOM, an empty report and
-    a bad label value: 7 good rows, 4 bad ones."""
+    """PNG (8- and 16-bit), DICOM (MONOCHROME1/2), JPEG, plus a missing file, a truncated DICOM, a row with neither
+    report nor label and a bad label value: 7 good rows, 4 bad ones."""
     src = tmp_path / "src"
     src.mkdir()
     img = _ramp(60, 80)
@@ -70,7 +70,7 @@ def mixed(tmp_path) -> Path:
     rows += [
         {"image": "src/missing.png", "report": report, "patient_id": "P6", "Pleural Effusion": "1", "boxes": ""},
         {"image": "src/cut.dcm", "report": report, "patient_id": "P7", "Pleural Effusion": "1", "boxes": ""},
-        {"image": "src/f.png", "report": "   ", "patient_id": "P8", "Pleural Effusion": "1", "boxes": ""},
+        {"image": "src/f.png", "report": "   ", "patient_id": "P8", "Pleural Effusion": "", "boxes": ""},
         {"image": "src/f.png", "report": report, "patient_id": "P9", "Pleural Effusion": "yes", "boxes": ""},
     ]
     return _write_rows(tmp_path / "manifest.csv", rows)
@@ -96,10 +96,11 @@ def test_mixed_manifest_exact_counts_and_rejects(mixed, tmp_path):
     reasons = [r["reason"] for r in rejects]
     assert reasons[0] == "file not found"
     assert reasons[1].startswith("truncated or malformed pixel data")
-    assert reasons[2] == "empty report"
+    assert reasons[2] == "no report and no finding labels"
     assert reasons[3].startswith("bad label value 'yes'") and "Pleural Effusion" in reasons[3]
     assert summary.info.reject_reasons == {
-        "file not found": 1, "truncated or malformed pixel data": 1, "empty report": 1, "bad label value": 1,
+        "file not found": 1, "truncated or malformed pixel data": 1, "no report and no finding labels": 1,
+        "bad label value": 1,
     }  # fmt: skip
 
     splits, info = load_corpus(out)
@@ -402,3 +403,25 @@ def test_cli_ingest_prints_a_summary(mixed, tmp_path, capsys):
     assert main([*args, "--no-progress"]) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert main(["ingest", str(tmp_path / "none.csv"), "--out", str(tmp_path / "d")]) == 1
+
+
+def test_manifest_split_column_is_used_instead_of_the_patient_split(tmp_path, caplog):
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = []
+    for i in range(9):
+        Image.fromarray(np.full((20, 20), i * 20, dtype=np.uint8)).save(src / f"{i}.png")
+        split = ["train", "val", "TEST"][i % 3]
+        rows.append({"image": f"src/{i}.png", "patient_id": f"P{i // 2}", "Cardiomegaly": "1", "split": split})
+    Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(src / "z.png")
+    rows.append({"image": "src/z.png", "patient_id": "PZ", "Cardiomegaly": "0", "split": "dev"})
+    with caplog.at_level("WARNING", logger="mmrad"):
+        summary = ingest(_write_rows(tmp_path / "m.csv", rows), tmp_path / "c", image_size=16, labels="manifest",
+                         progress=False)  # fmt: skip
+    assert summary.kept == 9 and summary.info.reject_reasons == {"bad split value": 1}
+    splits, info = load_corpus(tmp_path / "c")
+    assert {n: sorted(splits[n]["manifest_row"]) for n in SPLIT_NAMES} == {
+        "train": [0, 3, 6], "validation": [1, 4, 7], "test": [2, 5, 8]}  # fmt: skip
+    assert info.split == pytest.approx([1 / 3] * 3)
+    # patients 0..3 have images in two splits: the manifest's choice stands, with a warning
+    assert any("4 patient(s) in more than one split" in r.getMessage() for r in caplog.records)

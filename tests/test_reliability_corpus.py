@@ -131,7 +131,7 @@ BROKEN = [
     ("bad/locked.png", {}, "permission denied"),
     ("bad/folder.png", {}, "is a directory, not a file"),
     ("bad/fifo.png", {}, "not a regular file"),
-    ("good/g0.png", {"report": "   "}, "empty report"),
+    ("good/g0.png", {"report": "   ", "Cardiomegaly": "", "Pleural Effusion": ""}, "no report and no finding labels"),
     ("good/g1.png", {"report": "", "report_path": "bad/absent.txt"}, "report file not found"),
     ("good/g2.jpg", {"report": "", "report_path": "bad/latin1.txt"}, "report file is not UTF-8 text"),
     ("good/g3.png", {"report": "\udce9panchement"}, "not valid UTF-8 text (column 'report')"),

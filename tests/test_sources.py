@@ -124,9 +124,7 @@ def test_missing_weight_package_names_the_pip_package(monkeypatch):
 
 def test_named_source_must_match_the_model_cfg_architecture(tiny_config):
     cfg = timm_config(tiny_config, TEST_TIMM, "efficientnet-lite2-imagenet")
-    with pytest.raises(
-        ConfigError, match="tf_efficientnet_lite2 weights, but model_cfg builds test_efficientnet"
-    ):
+    with pytest.raises(ConfigError, match="tf_efficientnet_lite2 weights, but model_cfg builds test_efficientnet"):
         MMRadModel(cfg)
     with pytest.raises(ConfigError, match="set model_name, model_cfg or a named pretrained source"):
         VisionConfig()

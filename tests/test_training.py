@@ -206,3 +206,15 @@ def test_grounding_loss_trains_the_attention_on_the_corpus_masks(tiny_experiment
     splits["train"] = splits["train"].remove_columns(["masks", "boxes"])
     with pytest.raises(MMRadError, match="needs finding masks or boxes"):
         build_dataloaders(tiny_experiment, model, splits=splits, info=info)
+
+
+def test_epochs_set_the_number_of_steps(tiny_experiment, tmp_path):
+    cfg = tiny_experiment
+    cfg.train.epochs = 2
+    train(cfg, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    from mmrad.data.corpus_io import load_corpus
+
+    rows = len(load_corpus(cfg.data.corpus)[0]["train"])
+    per_epoch = rows // cfg.data.batch_size  # the short last batch is dropped when there are two or more
+    assert summary["steps"] == 2 * per_epoch and cfg.train.max_steps == 6  # the caller's config is not changed

@@ -1,5 +1,5 @@
 """The collator: corpus rows -> the batch dict of the model (``pixel_values``, ``input_ids``, ``attention_mask``,
-``labels``, and for evaluation ``boxes`` / ``masks``).
+``has_report``, ``labels``, and for evaluation ``boxes`` / ``masks``).
 
 Use it as a DataLoader's ``collate_fn`` over a corpus split (the images are decoded in the workers)::
 
@@ -194,7 +194,9 @@ class MMRadCollator:
             if self.return_masks:
                 masks = list(warp(torch.from_numpy(np.stack(masks)), augment, mode="nearest").numpy())
         batch = {"pixel_values": torch.from_numpy(normalize(pixels, self.preprocess.mean, self.preprocess.std))}
-        batch.update(self._tokenize([self.text(r) for r in rows]))
+        texts = [self.text(r) for r in rows]
+        batch.update(self._tokenize(texts))
+        batch["has_report"] = torch.tensor([bool(t) for t in texts])  # rows without a report: no report losses
         batch["labels"] = self._labels(rows)
         if all("_index" in r for r in rows):  # the training loader's dataset positions (for cached text features)
             batch["row_index"] = torch.tensor([int(r["_index"]) for r in rows])

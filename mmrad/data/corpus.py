@@ -143,6 +143,24 @@ def _label_rows(rows: list[ManifestRow], label_names: list[str], mode: str, voca
     return labels, sources
 
 
+def _assign_splits(rows: list[ManifestRow], labels: np.ndarray, fractions, seed: int) -> tuple[list[int], tuple]:
+    """A split index per row and the split fractions: the manifest's ``split`` column when it has one (the fractions
+    are then its shares), else the patient-level split."""
+    if not rows or rows[0].split is None:
+        return patient_split([r.patient_id for r in rows], labels, fractions, seed), fractions
+    assignment = [SPLIT_NAMES.index(r.split) for r in rows]
+    splits_of: dict[str, set[int]] = {}
+    for row, s in zip(rows, assignment, strict=True):
+        splits_of.setdefault(row.patient_id, set()).add(s)
+    crossing = sum(1 for s in splits_of.values() if len(s) > 1)
+    if crossing:
+        logger.warning("the manifest's split puts %d patient(s) in more than one split: their images leak between "
+                       "training and evaluation", crossing)  # fmt: skip
+    logger.info("splits from the manifest's split column (fractions and seed are not used)")
+    counts = np.bincount(assignment, minlength=len(SPLIT_NAMES))
+    return assignment, tuple(float(c) for c in counts / counts.sum())
+
+
 def _parse_reports(texts: list[str], progress: bool) -> list[tuple[str, str, list[str]]]:
     from tqdm.auto import tqdm
 
@@ -213,7 +231,7 @@ def ingest(
         raise ValueError(f"image_size must be >= 8, got {image_size}")
     mode, vocab = _label_mode(labels, vocabulary)
     vocab_names = load_vocabulary(vocab).names
-    table = read_manifest(manifest, vocab_names)
+    table = read_manifest(manifest, vocab_names, labels_from_reports=mode == "labeler")
     if mode == "manifest":
         label_names = [n for n in vocab_names if n in table.label_columns.values()]
         if not label_names:
@@ -296,7 +314,7 @@ def ingest(
     texts = [r.report for r in rows]
     sections = _parse_reports(texts, progress)
     label_array, sources = _label_rows(rows, label_names, mode, vocab, num_proc, progress, texts)
-    assignment = patient_split([r.patient_id for r in rows], label_array, fractions, seed)
+    assignment, fractions = _assign_splits(rows, label_array, fractions, seed)
 
     # one metadata row per decoded image (rows rejected above get placeholders and are never selected)
     dicom_view = images.data.column("dicom_view").to_pylist()
@@ -346,6 +364,7 @@ def ingest(
         label_sources=dict(Counter(sources).most_common()),
         deidentified=not keep_report_text,
         key=key,
+        reports=sum(1 for r in rows if r.report),
     )
     write_corpus(out, splits, info, [(r.row, r.path or path_of.get(r.row, ""), r.reason) for r in rejects])
     _clean_cache(cache, {s.key for s in shards})

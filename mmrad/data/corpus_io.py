@@ -52,6 +52,7 @@ class CorpusInfo:
     label_sources: dict[str, int]
     deidentified: bool  # report text went through deidentify_text
     key: str  # hash of everything the corpus was built from
+    reports: int | None = None  # rows with report text (None: a corpus written before this was recorded)
     mmrad_version: str = __version__
     corpus_version: int = CORPUS_VERSION
 

@@ -1,13 +1,16 @@
 """Manifests: the table a user points ``mmrad ingest`` at, read and checked row by row.
 
 A manifest is CSV, JSONL or Parquet with one row per image. Columns: ``image`` (path relative to the manifest's
-folder, or absolute), ``report`` (text) or ``report_path``, ``patient_id``; optional ``study_id``, ``view``,
+folder, or absolute) and ``patient_id``; optional ``report`` (text) or ``report_path``, ``study_id``, ``view``,
 ``boxes`` (JSON list of ``{"label", "x", "y", "w", "h"}`` in the original image's pixels), ``masks`` (JSON object
-``{finding: mask image path}``) and one column per finding (``1`` / ``0`` / ``-1`` / empty). A folder tree where each
+``{finding: mask image path}``), ``split`` (``train`` / ``validation`` / ``test``: an official split, used instead
+of mmrad's patient split) and one column per finding (``1`` / ``0`` / ``-1`` / empty). A folder tree where each
 study folder holds images and a ``report.txt`` becomes a manifest through :func:`manifest_from_folder`.
 
 :func:`read_manifest` never stops at a bad row: each row becomes a :class:`ManifestRow` or a :class:`Reject` with the
-reason (missing patient id, empty report, bad label value, bad boxes, duplicate image, ...).
+reason (missing patient id, bad label value, bad boxes, duplicate image, a row with neither report nor labels, ...).
+Reports are optional: corpora with image labels and boxes only (ChestX-ray14, VinDr-CXR) and mixed ones ingest as
+they are; a row without a report trains the classification and grounding losses only.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from mmrad.errors import MMRadError
 
 logger = logging.getLogger(__name__)
 
-RESERVED_COLUMNS = ("image", "report", "report_path", "patient_id", "study_id", "view", "boxes", "masks")
+RESERVED_COLUMNS = ("image", "report", "report_path", "patient_id", "study_id", "view", "boxes", "masks", "split")
+SPLIT_VALUES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation",
+                "test": "test"}  # fmt: skip
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".dic", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _EMPTY = ("", "nan", "none", "null", "na", "n/a")
 
@@ -50,13 +55,14 @@ class ManifestRow:
     row: int  # 0-based index of the record in the manifest
     image: str  # as written in the manifest (for rejects.csv)
     path: str  # resolved path of the image file
-    report: str
+    report: str  # "" when the row has none
     patient_id: str
     study_id: str | None = None
     view: str | None = None
     labels: dict[str, float] = field(default_factory=dict)  # finding -> 1/0/-1; empty cells are left out
     boxes: list[dict] = field(default_factory=list)  # {"label", "x", "y", "w", "h"} in original pixels
     masks: dict[str, str] = field(default_factory=dict)  # finding -> resolved mask path
+    split: str | None = None  # the manifest's own split (train / validation / test), if it has a split column
 
 
 @dataclass
@@ -271,12 +277,13 @@ def _parse_masks(value) -> dict[str, str]:
 
 
 def _read_report(record: dict, base: Path) -> str:
+    """The row's report text, "" when it has none; a named report file that cannot be read raises ValueError."""
     text = _cell(record.get("report"))
     if text:
         return text
     report_path = _cell(record.get("report_path"))
     if not report_path:
-        raise ValueError("empty report")
+        return ""
     path = base / report_path
     try:
         raw = path.read_bytes()
@@ -288,9 +295,14 @@ def _read_report(record: dict, base: Path) -> str:
         text = raw.decode("utf-8-sig").strip()
     except UnicodeDecodeError:
         raise ValueError(f"report file is not UTF-8 text ({report_path})") from None
-    if not text:
-        raise ValueError("empty report")
     return text
+
+
+def _parse_split(value) -> str:
+    text = _cell(value).lower()
+    if text not in SPLIT_VALUES:
+        raise ValueError(f"bad split value {_cell(value)!r} (use train, validation or test)")
+    return SPLIT_VALUES[text]
 
 
 def match_label_columns(columns: list[str], names: list[str]) -> dict[str, str]:
@@ -299,25 +311,28 @@ def match_label_columns(columns: list[str], names: list[str]) -> dict[str, str]:
     return {c: by_key[_norm(c)] for c in columns if c not in RESERVED_COLUMNS and _norm(c) in by_key}
 
 
-def read_manifest(source: str | PathLike, finding_names: list[str]) -> Manifest:
+def read_manifest(source: str | PathLike, finding_names: list[str], *, labels_from_reports: bool = False) -> Manifest:
     """Read a manifest and check every row.
 
     Args:
         source: a manifest file, or a study folder tree (see :func:`manifest_from_folder`).
         finding_names: the findings whose columns are label columns (matched ignoring case and underscores);
             other non-reserved columns are ignored with a log message.
+        labels_from_reports: labels come from the report labeler only, so every row needs a report; otherwise a row
+            needs a report or at least one finding label.
 
     Returns:
         A :class:`Manifest` with the good rows and the rejects, in manifest order.
 
     Raises:
-        ManifestError: the manifest cannot be read or lacks ``image``, ``patient_id`` or both report columns.
+        ManifestError: the manifest cannot be read or lacks ``image`` or ``patient_id`` (or, with
+            ``labels_from_reports``, both report columns).
     """
     records, base = read_records(source)
     columns = list(dict.fromkeys(k for r in records for k in r if k != "__error__"))
     missing = [c for c in ("image", "patient_id") if c not in columns]
-    if "report" not in columns and "report_path" not in columns:
-        missing.append("report (or report_path)")
+    if labels_from_reports and "report" not in columns and "report_path" not in columns:
+        missing.append("report (or report_path), which the report labeler reads")
     if records and missing:
         raise ManifestError(f"{source}: manifest lacks required column(s): {', '.join(missing)}")
     label_columns = match_label_columns(columns, finding_names)
@@ -348,6 +363,9 @@ def read_manifest(source: str | PathLike, finding_names: list[str]) -> Manifest:
                     raise ValueError(f"{err} in column {column!r}") from None
                 if not math.isnan(value):
                     labels[name] = value
+            split = _parse_split(record.get("split")) if "split" in columns else None
+            if not report and (labels_from_reports or not labels):
+                raise ValueError("empty report" if labels_from_reports else "no report and no finding labels")
             boxes = parse_boxes(record.get("boxes"))
             masks = {k: os.path.abspath(base / v) for k, v in _parse_masks(record.get("masks")).items()}
             if path in seen:  # checked last: a row's own problem is the more useful reason
@@ -368,6 +386,11 @@ def read_manifest(source: str | PathLike, finding_names: list[str]) -> Manifest:
                 labels=labels,
                 boxes=boxes,
                 masks=masks,
+                split=split,
             )
         )
+    without = sum(1 for r in rows if not r.report)
+    if without:
+        logger.info("%d of %d row(s) have no report: they train the classification and grounding losses only",
+                    without, len(rows))  # fmt: skip
     return Manifest(rows, rejects, label_columns, total=len(records), ignored_columns=ignored)

@@ -82,18 +82,22 @@ def contrastive_loss(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
     logit_scale: torch.Tensor,
+    pair_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE between this process's rows and the global batch.
 
     Args:
         image_embeds, text_embeds: (B, P) L2-normalised; row i of both is a pair.
         logit_scale: scalar, 1 / temperature (already exponentiated).
+        pair_mask: (B,) bool, the rows that have a report (a corpus may mix rows with and without): only those pairs
+            count, as targets and as negatives. None = all.
 
     Identical reports in a batch (the many "no acute cardiopulmonary process") need no special care: their
     embeddings are equal, and one-hot targets then give the same loss and gradient as treating them all as positives.
 
     Returns:
-        Scalar loss: mean over local images of image->text CE and over local texts of text->image CE, halved.
+        Scalar loss: mean over local images of image->text CE and over local texts of text->image CE, halved (0,
+        still attached to the graph, when no local row has a report).
     """
     all_images, offset = gather_with_grad(image_embeds)
     all_texts, _ = gather_with_grad(text_embeds)
@@ -101,7 +105,18 @@ def contrastive_loss(
     local = torch.arange(offset, offset + b, device=image_embeds.device)
     logits_i2t = logit_scale * image_embeds @ all_texts.t()  # (B, B_global)
     logits_t2i = logit_scale * text_embeds @ all_images.t()
-    return (F.cross_entropy(logits_i2t, local) + F.cross_entropy(logits_t2i, local)) / 2
+    if pair_mask is None:
+        return (F.cross_entropy(logits_i2t, local) + F.cross_entropy(logits_t2i, local)) / 2
+    pair_mask = pair_mask.to(torch.bool)
+    all_pairs, _ = gather_with_grad(pair_mask.to(torch.uint8))
+    unpaired = ~all_pairs.to(torch.bool)
+    # finite, so that the backward pass stays finite; far below any cosine logit (|logit| <= 100)
+    logits_i2t = logits_i2t.masked_fill(unpaired[None], -1.0e4)[pair_mask]
+    logits_t2i = logits_t2i.masked_fill(unpaired[None], -1.0e4)[pair_mask]
+    if logits_i2t.shape[0] == 0:
+        return 0.0 * (image_embeds.sum() + text_embeds.sum())
+    target = local[pair_mask]
+    return (F.cross_entropy(logits_i2t, target) + F.cross_entropy(logits_t2i, target)) / 2
 
 
 def total_loss(terms: dict[str, torch.Tensor], weights, uses: dict[str, torch.Tensor]) -> torch.Tensor:

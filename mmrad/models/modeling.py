@@ -314,6 +314,7 @@ class MMRadModel(nn.Module):
         text_features: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         masks: torch.Tensor | None = None,
         mask_valid: torch.Tensor | None = None,
+        report_mask: torch.Tensor | None = None,
     ) -> MMRadOutput:
         """Encode images (and reports), decode the queries, and compute the configured losses.
 
@@ -328,6 +329,8 @@ class MMRadModel(nn.Module):
                 ``input_ids`` (which are then only needed for the local loss's special-token mask).
             masks, mask_valid: (B, K, S, S) finding masks at the input's pixels and (B, K) which exist (for the
                 grounding loss with the finding queries; the collator's ``return_masks``).
+            report_mask: (B,) bool, the rows that have a report (the collator's ``has_report``): the contrastive and
+                local losses use only those. None = every row has one.
 
         Returns:
             :class:`MMRadOutput`.
@@ -355,11 +358,13 @@ class MMRadModel(nn.Module):
         scale = self.logit_scale.exp().clamp(max=100.0)
         if return_loss:
             if text_embeds is not None and weights.contrastive > 0:
-                terms["contrastive"] = contrastive_loss(image_embeds, text_embeds, scale)
+                terms["contrastive"] = contrastive_loss(image_embeds, text_embeds, scale, report_mask)
             if labels is not None and weights.classification > 0:
                 terms["classification"] = classification_loss(logits, labels, self._policies(logits.shape[-1]))
-            if words is not None:
-                terms["local"] = local_alignment_loss(words, word_mask, memory, weights.local_temperature)
+            rows = slice(None) if report_mask is None else report_mask.to(torch.bool)  # rows with a report
+            if words is not None and (report_mask is None or bool(rows.any())):
+                terms["local"] = local_alignment_loss(words[rows], word_mask[rows], memory[rows],
+                                                      weights.local_temperature)  # fmt: skip
             if weights.grounding > 0 and masks is not None and labels is not None and query_input_ids is None:
                 maps = self.attention_maps(attentions, grid)  # the maps grounding shows
                 terms["grounding"] = grounding_loss(maps, masks, mask_valid, labels)

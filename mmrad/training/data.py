@@ -122,6 +122,26 @@ def losses_read_reports(loss) -> bool:
     return loss.contrastive > 0 or loss.local > 0
 
 
+def has_reports(rows, info=None) -> bool:
+    """Whether any row of a corpus split has report text (``CorpusInfo.reports`` when the corpus recorded it)."""
+    if info is not None and getattr(info, "reports", None) == 0:
+        return False
+    texts = rows.data.column("report") if "report" in rows.column_names else []
+    return any(t.is_valid and t.as_py() for t in texts)
+
+
+def turn_off_report_losses(model, corpus) -> None:
+    """A corpus without report text (image labels and boxes only): the contrastive and local losses have nothing to
+    read, so they are switched off in the model's config (which is saved with it) and its temperature is frozen."""
+    import dataclasses
+
+    loss = model.config.loss
+    logger.info("%s has no report text: the report losses (contrastive %s, local %s) are off; the classification and "
+                "grounding losses train", corpus, loss.contrastive, loss.local)  # fmt: skip
+    model.config.loss = dataclasses.replace(loss, contrastive=0.0, local=0.0)
+    model.logit_scale.requires_grad_(False)
+
+
 def text_tower_frozen(model) -> bool:
     return not any(p.requires_grad for p in model.text.parameters())
 
@@ -140,6 +160,8 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
         splits, info = load_corpus(cfg.data.corpus)
     if "train" not in splits or len(splits["train"]) == 0:
         raise MMRadError(f"{cfg.data.corpus}: the train split is empty")
+    if losses_read_reports(model.config.loss) and not has_reports(splits["train"], info):
+        turn_off_report_losses(model, cfg.data.corpus)
     common = dict(
         tokenizer=model.tokenizer,
         preprocess=model.config.preprocess,

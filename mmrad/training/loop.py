@@ -128,7 +128,9 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
     model = build_model(cfg)
     data = (dataloaders or build_dataloaders)(cfg, model)
     train_loader, eval_loader, sampler, text_cache = data.train_loader, data.eval_loader, data.sampler, data.text_cache
-    reads_reports = losses_read_reports(cfg.model.loss)
+    if cfg.train.epochs is not None:
+        cfg = _with_epochs(cfg, len(train_loader), accelerator.num_processes)
+    reads_reports = losses_read_reports(model.config.loss)  # the loaders may have turned them off (no reports)
     optimizer = torch.optim.AdamW(
         param_groups(
             model.named_parameters(),
@@ -211,6 +213,8 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
                         reports = {"text_features": text_cache.take(batch["row_index"], accelerator.device)}
                     elif reads_reports:
                         reports = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+                    if reports:
+                        reports["report_mask"] = batch["has_report"]
                     output = model(pixel_values=batch["pixel_values"], labels=batch["labels"], **reports,
                                    masks=batch.get("masks"), mask_valid=batch.get("mask_valid"))  # fmt: skip
                     accelerator.backward(output.loss)
@@ -256,6 +260,19 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
         write_json_atomic(out / "train_summary.json", _jsonable(summary))
     accelerator.end_training()
     return export_dir
+
+
+def _with_epochs(cfg: ExperimentConfig, batches: int, processes: int) -> ExperimentConfig:
+    """A copy of ``cfg`` whose ``max_steps`` make ``train.epochs`` passes over ``batches`` loader batches (each
+    process sees its share of them)."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    per_epoch = math.ceil(math.ceil(batches / processes) / cfg.train.gradient_accumulation_steps)
+    cfg.train.max_steps = max(1, cfg.train.epochs * per_epoch)
+    logger.info("train.epochs=%d: %d optimiser steps (%d per epoch)", cfg.train.epochs, cfg.train.max_steps,
+                per_epoch, main_process_only=True)  # fmt: skip
+    return cfg
 
 
 def _is_tower(name: str) -> bool:

@@ -78,6 +78,13 @@ class FusionConfig:
     # a query's logit: "head" (linear head on the decoded query), "evidence" (log-mean-exp over patches of the
     # last layer's cross-attention logits, as in attention-MIL: sharper maps, better zero-shot), or their sum "both"
     presence: Literal["head", "evidence", "both"] = "head"
+    # "sincos": each patch's 2-D position is added to the cross-attention keys, so queries can learn where findings
+    # usually lie (convolutional towers' tokens carry little position); "none" leaves the keys as the tokens
+    position: Literal["none", "sincos"] = "none"
+    # add a learned scale x cos(global image embedding, query embedding) to each query's logit: a text-conditioned
+    # linear classifier over the pooled image features beside the attention; on small real corpora attention over
+    # the patches alone overfits (mmrad's NIH benchmark), the pooled features generalise
+    global_term: bool = False
 
     def __post_init__(self):
         if self.num_layers < 1 or self.num_heads < 1:

@@ -43,9 +43,9 @@ def grid_maps(model, pixel_values: torch.Tensor, phrases: list[str], method: str
     if method not in METHODS:
         raise MMRadError(f"method must be one of {METHODS}, got {method!r}")
     queries = model.embed_texts(phrases)
-    _, memory, grid = model._image(pixel_values)
+    image, memory, grid = model.encode_vision(pixel_values)
     if method == "attention":
-        logits, attentions = model.decode(memory, queries)
+        logits, attentions = model.decode(memory, queries, image)
         return model.attention_maps(attentions, grid, last_k), torch.sigmoid(logits)
     maps = cosine_maps(memory, queries, grid)
     return maps, maps.flatten(-2).amax(dim=-1)

@@ -113,8 +113,11 @@ class ZeroShotClassifier:
 
     @property
     def feature_kinds(self) -> tuple[str, ...]:
-        """The image features the scorer reads: the projected patch tokens (fusion) or the global embedding."""
-        return ("patches",) if self.scorer == "fusion" else ("image",)
+        """The image features the scorer reads: the projected patch tokens (fusion; with the global embedding when
+        the model's logits have a global term) or the global embedding (contrastive)."""
+        if self.scorer != "fusion":
+            return ("image",)
+        return ("patches", "image") if self.model.config.fusion.global_term else ("patches",)
 
     @torch.inference_mode()
     def image_features(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -122,7 +125,8 @@ class ZeroShotClassifier:
         ``{"patches": (B, N, P)}`` (fusion, projected patch tokens)."""
         pixel_values = pixel_values.to(self.model.device)
         if self.scorer == "fusion":
-            return {"patches": self.model.encode_patches(pixel_values, normalize=False)[0]}
+            image, patches, _ = self.model.encode_vision(pixel_values)
+            return {"patches": patches, "image": image}  # the image embedding for a global term (cheap to keep)
         return {"image": self.model.encode_image(pixel_values)}  # no patch projection: the scorer never reads it
 
     @torch.inference_mode()
@@ -133,7 +137,7 @@ class ZeroShotClassifier:
         :meth:`query_embeddings` (computed once per run rather than per batch)."""
         pos, neg = qs if isinstance(qs, tuple) else self.query_embeddings(qs)
         if self.scorer == "fusion":
-            logits, _ = self.model.decode(features["patches"], pos)
+            logits, _ = self.model.decode(features["patches"], pos, features.get("image"))
             return torch.sigmoid(logits.float())
         scale = self.model.logit_scale.exp().clamp(max=100.0)
         image = features["image"]

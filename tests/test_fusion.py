@@ -64,3 +64,22 @@ def test_a_query_attends_to_the_patch_it_matches():
     assert attentions[0][0, 0].argmax().item() == hot
     _, _, elsewhere = decoder(-queries, memory)  # a query that matches no patch has lower evidence
     assert evidence.item() > elsewhere.item()
+
+
+def test_sincos_position_lets_attention_tell_identical_patches_apart():
+    from mmrad.models.fusion import QueryDecoder, sincos_position
+
+    pos = sincos_position(16, 8)
+    assert pos.shape == (1, 16, 8) and len({tuple(p) for p in pos[0].round(decimals=4).tolist()}) == 16
+    torch.manual_seed(0)
+    memory = torch.ones(2, 16, 8)  # every patch the same: only the position can tell them apart
+    queries = torch.randn(3, 8)
+    plain = QueryDecoder(8, 1, 2)
+    placed = QueryDecoder(8, 1, 2, position="sincos")
+    placed.load_state_dict(plain.state_dict())  # no new parameters: the embedding is fixed
+    uniform = plain(queries, memory)[1][0]
+    assert torch.allclose(uniform, torch.full_like(uniform, 1 / 16), atol=1e-6)
+    located = placed(queries, memory)[1][0]
+    assert located.std(-1).min() > 1e-3 and torch.allclose(located.sum(-1), torch.ones(2, 3), atol=1e-5)
+    with pytest.raises(ValueError, match="square token grid"):
+        placed(queries, torch.ones(2, 12, 8))

@@ -39,7 +39,7 @@ def test_ground_follows_a_hand_built_attention(tiny_model, monkeypatch):
     grid = tiny_model.vision(torch.zeros(1, 3, size, size))[2]
     hot = (1, 3)
 
-    def decode(memory, queries):
+    def decode(memory, queries, image=None):
         b, q = memory.shape[0], queries.shape[-2]
         attention = torch.zeros(b, q, grid[0] * grid[1])
         attention[..., hot[0] * grid[1] + hot[1]] = 1.0

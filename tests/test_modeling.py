@@ -272,3 +272,29 @@ def test_loading_a_folder_that_is_not_a_model(tmp_path):
         MMRadModel.from_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="not a model folder"):
         MMRadModel.from_pretrained(str(tmp_path / "no" / "such" / "dir"))
+
+
+def test_global_term_adds_the_image_query_cosine_to_every_logit(tiny_config, tmp_path):
+    cfg = copy.deepcopy(tiny_config)
+    cfg.fusion.global_term = True
+    torch.manual_seed(0)
+    model = MMRadModel(cfg)
+    batch = make_batch(model)
+    out = model(**batch)
+    states = model.decoder(out.query_embeds, out.patch_embeds)[0]
+    cosine = out.image_embeds @ out.query_embeds.t()
+    torch.testing.assert_close(out.logits, model.head(states).squeeze(-1) + 10.0 * cosine)
+    with pytest.raises(ValueError, match="need the global image embeddings"):
+        model.decode(out.patch_embeds, out.query_embeds)
+    torch.testing.assert_close(model.classify(batch["pixel_values"]), torch.sigmoid(out.logits))
+    out.loss.backward()
+    assert model.global_scale.grad is not None
+    model.save_pretrained(tmp_path / "m")
+    again = MMRadModel.from_pretrained(tmp_path / "m")
+    torch.testing.assert_close(again(**batch).logits, out.logits)
+    from mmrad.zeroshot import ZeroShotClassifier
+
+    zs = ZeroShotClassifier(model.eval(), "fusion")
+    assert zs.feature_kinds == ("patches", "image")
+    probs = zs.score(batch["pixel_values"], ["enlarged heart", "no effusion"])
+    assert probs.shape == (len(batch["pixel_values"]), 2) and torch.isfinite(probs).all()

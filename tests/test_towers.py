@@ -236,3 +236,27 @@ def test_open_clip_hf_text_tower_from_local_dir(tmp_path, tiny_config):
     assert isinstance(model.text, TextTower) and model.text.kind == "open_clip_hf"
     assert torch.equal(model.text.encoder.proj[0].weight, clip.text.proj[0].weight)
     assert model.config.text.hf_config["hidden_size"] == 384  # stored so the folder rebuilds offline
+
+
+@pytest.mark.parametrize("kind", list(VISION_CFGS))
+def test_convolutional_towers_run_channels_last_with_the_same_outputs(kind):
+    vision_cfg, size, _ = VISION_CFGS[kind]
+    torch.manual_seed(0)
+    tower = build_vision_tower({"embed_dim": 16, "vision_cfg": vision_cfg}).eval()
+    assert tower.channels_last == (kind == "resnet")  # the timm tower here is a ViT
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        first = tower(x)
+        tower.set_channels_last(not tower.channels_last)
+        second = tower(x)
+    for a, b in zip(first[:2], second[:2], strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    if kind == "resnet":
+        assert tower.visual.conv1.weight.is_contiguous()  # back to the default layout
+
+
+def test_timm_cnn_tower_is_channels_last():
+    cfg = {"embed_dim": 0, "vision_cfg": {"timm_model_name": "test_efficientnet", "timm_model_pretrained": False,
+                                          "timm_pool": "avg", "timm_proj": "none", "image_size": 64}}  # fmt: skip
+    tower = build_vision_tower(cfg)
+    assert tower.channels_last and tower.visual.trunk.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)

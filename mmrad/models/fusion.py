@@ -4,6 +4,10 @@ Queries are text embeddings (one per finding description, phrase or report sente
 tokens. Each pre-norm layer runs self-attention among the queries (optional), cross-attention from the queries to
 the patches, and an MLP. The cross-attention weights, averaged over heads, are returned for every layer: they are the
 grounding map of each query. The design follows the query decoders of MedKLIP and KAD.
+
+Convolutional towers' tokens carry little of where they lie in the image; ``position="sincos"`` adds a fixed 2-D
+sine-cosine embedding of each patch's place (as in MAE and DETR) to the cross-attention keys (not the values), so a
+finding query can learn where that finding usually is as well as what it looks like.
 """
 
 from __future__ import annotations
@@ -30,14 +34,16 @@ class Attention(nn.Module):
         self.dropout = dropout
 
     def forward(
-        self, x: torch.Tensor, memory: torch.Tensor, need_weights: bool = False
+        self, x: torch.Tensor, memory: torch.Tensor, need_weights: bool = False, keys: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Args: x (B, Q, D) queries, memory (B, N, D). Returns: (B, Q, D), and with ``need_weights`` the weights
-        and the scaled attention logits, both (B, Q, N) averaged over heads (else None, None)."""
+        """Args: x (B, Q, D) queries, memory (B, N, D), keys (B or 1, N, D) when they differ from the memory.
+        Returns: (B, Q, D), and with ``need_weights`` the weights and the scaled attention logits, both (B, Q, N)
+        averaged over heads (else None, None)."""
         b, q_len, d = x.shape
         h = self.num_heads
         q = self.q(x).view(b, q_len, h, d // h).transpose(1, 2)  # (B, H, Q, d)
-        k = self.k(memory).view(b, -1, h, d // h).transpose(1, 2)  # (B, H, N, d)
+        keys = memory if keys is None else keys
+        k = self.k(keys).expand(b, -1, -1).reshape(b, -1, h, d // h).transpose(1, 2)  # (B, H, N, d)
         v = self.v(memory).view(b, -1, h, d // h).transpose(1, 2)
         drop = self.dropout if self.training else 0.0
         if need_weights:
@@ -63,13 +69,15 @@ class QueryDecoderLayer(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Args: x (B, Q, D), memory (B, N, D) (already normalised). Returns: (B, Q, D), and the cross-attention
-        weights and logits (B, Q, N), averaged over heads."""
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Args: x (B, Q, D), memory (B, N, D) (already normalised), keys: the memory with position, or None.
+        Returns: (B, Q, D), and the cross-attention weights and logits (B, Q, N), averaged over heads."""
         if self.self_attn is not None:
             y = self.norm_self(x)
             x = x + self.drop(self.self_attn(y, y)[0])
-        y, weights, scores = self.cross_attn(self.norm_cross(x), memory, need_weights=True)
+        y, weights, scores = self.cross_attn(self.norm_cross(x), memory, need_weights=True, keys=keys)
         x = x + self.drop(y)
         x = x + self.drop(self.mlp(self.norm_mlp(x)))
         return x, weights, scores
@@ -83,6 +91,8 @@ class QueryDecoder(nn.Module):
         num_layers, num_heads, mlp_ratio, dropout: the usual transformer sizes.
         self_attention: let queries attend to each other. Off, each query's output depends on that query alone
             (so a query scores the same whatever other queries are asked with it).
+        position: ``"sincos"`` adds each patch's 2-D sine-cosine position to the cross-attention keys (the token
+            grid must be square, as mmrad's square inputs give); ``"none"`` leaves the keys as the tokens.
     """
 
     def __init__(
@@ -93,8 +103,14 @@ class QueryDecoder(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         self_attention: bool = True,
+        position: str = "none",
     ):
         super().__init__()
+        if position not in ("none", "sincos"):
+            raise ValueError(f"position must be 'none' or 'sincos', got {position!r}")
+        if position == "sincos" and dim % 4:
+            raise ValueError(f"a 2-D sine-cosine position needs a width divisible by 4, got {dim}")
+        self.position = position
         self.memory_norm = nn.LayerNorm(dim)
         self.layers = nn.ModuleList(
             QueryDecoderLayer(dim, num_heads, mlp_ratio, dropout, self_attention) for _ in range(num_layers)
@@ -116,12 +132,32 @@ class QueryDecoder(nn.Module):
         if queries.ndim == 2:
             queries = queries.unsqueeze(0).expand(memory.shape[0], -1, -1)
         memory = self.memory_norm(memory)
+        keys = None
+        if self.position == "sincos":
+            keys = memory + sincos_position(memory.shape[1], memory.shape[2], memory.device, memory.dtype)
         x, attentions = queries, []
         for layer in self.layers:
-            x, weights, scores = layer(x, memory)
+            x, weights, scores = layer(x, memory, keys)
             attentions.append(weights)
         evidence = torch.logsumexp(scores, dim=-1) - math.log(memory.shape[1])
         return self.norm(x), attentions, evidence
+
+
+def sincos_position(num_tokens: int, dim: int, device=None, dtype=None) -> torch.Tensor:
+    """(1, N, D) fixed 2-D sine-cosine embedding of a square grid of N tokens in row-major order: half the channels
+    encode the row, half the column, each as sines and cosines of geometrically spaced frequencies."""
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(f"a 2-D position embedding needs a square token grid, got {num_tokens} tokens")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter)  # (D/4,)
+    coords = torch.arange(side, device=device, dtype=torch.float32)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    parts = []
+    for axis in (rows.flatten(), cols.flatten()):
+        angles = axis[:, None] * omega[None]  # (N, D/4)
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=-1)[None].to(dtype)
 
 
 def attention_maps(attentions: list[torch.Tensor] | tuple, grid: tuple[int, int], last_k: int = 1) -> torch.Tensor:

@@ -98,8 +98,11 @@ class MMRadModel(nn.Module):
             fusion.mlp_ratio,
             fusion.dropout,
             fusion.self_attention,
+            fusion.position,
         )
         self.head = nn.Linear(dim, 1)
+        # fusion.global_term: the scale of the global image-query cosine in each logit (learned, as log)
+        self.global_scale = nn.Parameter(torch.tensor(math.log(10.0))) if fusion.global_term else None
 
         self.label_names, self.label_descriptions, self.uncertainty_policies = resolve_labels(config.labels)
         config.labels.names = list(self.label_names)  # frozen, so the saved config needs no vocabulary file
@@ -180,7 +183,9 @@ class MMRadModel(nn.Module):
         device = device or self.device
         return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
 
-    def _image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    def encode_vision(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """One pass of the vision tower: (B, P) global embeddings (L2-normalised), (B, N, P) projected patch tokens
+        (the decoder's memory) and the grid (h, w)."""
         pooled, tokens, grid = self.vision(pixel_values)
         return F.normalize(self.image_proj(pooled), dim=-1), self.patch_proj(tokens), grid
 
@@ -250,18 +255,27 @@ class MMRadModel(nn.Module):
     # Decoder, scoring
     # ------------------------------------------------------------------------------------------------------------
 
-    def decode(self, patch_embeds: torch.Tensor, query_embeds: torch.Tensor) -> tuple[torch.Tensor, list]:
+    def decode(
+        self, patch_embeds: torch.Tensor, query_embeds: torch.Tensor, image_embeds: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list]:
         """Run the query decoder.
 
         Args:
             patch_embeds: (B, N, P) projected patch tokens (``encode_patches(..., normalize=False)``).
             query_embeds: (Q, P) or (B, Q, P) query embeddings (``encode_text`` output).
+            image_embeds: (B, P) global image embeddings (:meth:`encode_vision`); needed with ``fusion.global_term``.
 
         Returns:
-            logits (B, Q) (per ``fusion.presence``) and the per-layer cross-attention weights, each (B, Q, N).
+            logits (B, Q) (per ``fusion.presence``, plus the global term) and the per-layer cross-attention weights,
+            each (B, Q, N).
         """
         states, attentions, evidence = self.decoder(query_embeds, patch_embeds)
         logits = self.head(states).squeeze(-1)
+        if self.global_scale is not None:
+            if image_embeds is None:
+                raise ValueError("this model's logits (fusion.global_term) need the global image embeddings")
+            similarity = torch.einsum("bp,...qp->bq", image_embeds, query_embeds)  # (B, Q) cosines
+            logits = logits + self.global_scale.exp().clamp(max=100.0) * similarity
         presence = self.config.fusion.presence
         if presence == "evidence":
             # the head's weight and the last layer's output path stay in the graph with zero gradient (DDP)
@@ -277,8 +291,8 @@ class MMRadModel(nn.Module):
 
     def classify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, K) probabilities of the configured findings (order: ``label_names``)."""
-        _, memory, _ = self._image(pixel_values)
-        logits, _ = self.decode(memory, self.label_queries())
+        image, memory, _ = self.encode_vision(pixel_values)
+        logits, _ = self.decode(memory, self.label_queries(), image)
         return torch.sigmoid(logits)
 
     def score_queries(
@@ -294,8 +308,8 @@ class MMRadModel(nn.Module):
             logits (B, Q) (sigmoid gives presence probabilities) and attention maps (B, Q, h, w).
         """
         queries = texts if isinstance(texts, torch.Tensor) else self.embed_texts(texts)
-        _, memory, grid = self._image(pixel_values)
-        logits, attentions = self.decode(memory, queries)
+        image, memory, grid = self.encode_vision(pixel_values)
+        logits, attentions = self.decode(memory, queries, image)
         return logits, self.attention_maps(attentions, grid)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -335,7 +349,7 @@ class MMRadModel(nn.Module):
         Returns:
             :class:`MMRadOutput`.
         """
-        image_embeds, memory, grid = self._image(pixel_values)
+        image_embeds, memory, grid = self.encode_vision(pixel_values)
         text_embeds = words = word_mask = None
         if text_features is None and input_ids is not None:
             text_features = self.text(input_ids, attention_mask)
@@ -351,7 +365,7 @@ class MMRadModel(nn.Module):
             queries = self.encode_text(query_input_ids, query_attention_mask)
         else:
             queries = self.label_queries()
-        logits, attentions = self.decode(memory, queries)
+        logits, attentions = self.decode(memory, queries, image_embeds)
 
         terms: dict[str, torch.Tensor] = {}
         weights = self.config.loss

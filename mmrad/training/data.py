@@ -8,6 +8,7 @@ uninterrupted one, whatever the number of DataLoader workers.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,6 +107,13 @@ class ReportFeatures:
         return pooled, self.tokens[idx].to(device), self.masks[idx].to(device)
 
 
+def grounding_mask_size(model, at_least: int = 64) -> int:
+    """The side of the masks the grounding loss is given: the smallest multiple of the token grid that is at least
+    ``at_least`` (or the input size), so that pooling them to the grid gives each cell's covered share exactly."""
+    side = max(model.vision.grid())
+    return min(side * math.ceil(at_least / side), model.config.preprocess.image_size)
+
+
 def loader_options(num_workers: int | None) -> dict:
     """DataLoader keywords for ``data.num_workers`` (None = the default: one worker per core the training step leaves
     free, at least 1 so that decoding and augmentation overlap the step, at most 4). Batches are pinned on CUDA
@@ -179,8 +187,9 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
                 f"{cfg.data.corpus}: model.loss.grounding > 0 needs finding masks or boxes, and no train row has any"
             )
     train_collator = MMRadCollator(
-        train=cfg.data.augment, return_masks=annotations == "masks", boxes_as_masks=annotations == "boxes", **common
-    )
+        train=cfg.data.augment, return_masks=annotations == "masks", boxes_as_masks=annotations == "boxes",
+        mask_size=grounding_mask_size(model) if annotations else None, **common,
+    )  # fmt: skip
     train_rows = splits["train"]
     train_loader = DataLoader(
         SeededRows(train_collator.rows(train_rows), cfg.train.seed, sampler),

@@ -57,6 +57,10 @@ from mmrad.processes import launched_processes
 logger = logging.getLogger(__name__)
 
 BOX_TOLERANCE = 1.0  # pixels a box may exceed the image by (rounding in the source annotations)
+CHUNK_ROWS = 4096  # decoded images whose metadata is built and written at a time
+_SIZES = ["height", "width", "orig_height", "orig_width"]
+_META_COLUMNS = ["report", "findings", "impression", "sentences", "labels", "label_source", "boxes", "patient_key",
+                 "study_key", "view"]  # fmt: skip
 
 
 @dataclass
@@ -116,7 +120,7 @@ def _scale_boxes(row: ManifestRow, orig: tuple[int, int], size: tuple[int, int])
 
 
 def _label_rows(rows: list[ManifestRow], label_names: list[str], mode: str, vocabulary: str, num_proc: int,
-                progress: bool, texts: list[str]) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+                progress: bool) -> tuple[np.ndarray, list[str]]:  # fmt: skip
     """(N, K) labels and a label source per row: manifest cells where given, the labeler for the rest."""
     labels = np.full((len(rows), len(label_names)), np.nan, dtype=np.float32)
     from_manifest = np.zeros(labels.shape, dtype=bool)
@@ -130,12 +134,14 @@ def _label_rows(rows: list[ManifestRow], label_names: list[str], mode: str, voca
 
         labeler = ReportLabeler(vocabulary)
         known = [n for n in label_names if n in labeler.label_names]
-        cols = [label_names.index(n) for n in known]
-        results = labeler.label_many([texts[i] for i in need], num_workers=num_proc, progress=progress)
+        cols = np.asarray([label_names.index(n) for n in known], dtype=np.intp)
+        # results are used as they come: only the (N, K) array outlives them
+        results = labeler.label_iter([rows[i].report for i in need], num_workers=num_proc, progress=progress,
+                                     evidence=False)  # fmt: skip
         for i, result in zip(need, results, strict=True):
-            values = np.asarray(result.as_array(known), dtype=np.float32)
+            values = result.as_array(known)
             keep = ~from_manifest[i, cols]
-            labels[i, np.asarray(cols)[keep]] = values[keep]
+            labels[i, cols[keep]] = values[keep]
     sources = []
     for i in range(len(rows)):
         given = from_manifest[i].all() or mode == "manifest"
@@ -161,16 +167,99 @@ def _assign_splits(rows: list[ManifestRow], labels: np.ndarray, fractions, seed:
     return assignment, tuple(float(c) for c in counts / counts.sum())
 
 
-def _parse_reports(texts: list[str], progress: bool) -> list[tuple[str, str, list[str]]]:
-    from tqdm.auto import tqdm
-
+def _parse_reports(texts: list[str]) -> list[tuple[str, str, list[str]]]:
     from mmrad.data.reports import parse_report
 
     out = []
-    for text in tqdm(texts, desc="parsing reports", unit="report", disable=not progress or len(texts) < 1000):
+    for text in texts:
         report = parse_report(text)
         out.append((report.findings or "", report.impression or "", [s.text for s in report.sentences]))
     return out
+
+
+def _load_images(shards: list[Shard], cache: Path, rejects: list[Reject]):
+    """The decoded shards as one memory-mapped dataset (in manifest order), and ``rejects`` plus theirs."""
+    from datasets import Dataset, concatenate_datasets, load_from_disk
+
+    parts = []
+    for s in shards:
+        part = load_from_disk(str(cache / s.key))
+        if len(part):  # empty tables break datasets' column-wise concatenation
+            parts.append(part)
+        rejects += [Reject(r, "", reason) for r, reason in json.loads((cache / s.key / "rejects.json").read_text())]
+    features = shard_features()
+    images = concatenate_datasets(parts) if parts else Dataset.from_dict({k: [] for k in features}, features=features)
+    return images, rejects
+
+
+def _kept_rows(images, manifest_rows: list[ManifestRow]) -> tuple[list[int], list[ManifestRow], list[Reject]]:
+    """The decoded images whose boxes fit them: their positions in ``images`` and their manifest rows; and a reject
+    for each of the others. Reads the size columns only, ``CHUNK_ROWS`` at a time."""
+    keep, rows, rejects = [], [], []
+    # decoded images follow the manifest's order (shards are its slices, each decoded in order): walk both in step
+    # instead of holding a dict of every row
+    manifest = iter(manifest_rows)
+    pos = 0
+    for batch in images.select_columns(["manifest_row", *_SIZES]).iter(batch_size=CHUNK_ROWS):
+        for j, r in enumerate(batch["manifest_row"]):
+            row = next(manifest)
+            while row.row != r:
+                row = next(manifest)
+            try:
+                _scale_boxes(row, (batch["orig_height"][j], batch["orig_width"][j]),
+                             (batch["height"][j], batch["width"][j]))  # fmt: skip
+                keep.append(pos)
+                rows.append(row)
+            except ValueError as err:
+                rejects.append(Reject(r, "", str(err)))
+            pos += 1
+    return keep, rows, rejects
+
+
+def _write_metadata(path: Path, images, keep: list[int], rows: list[ManifestRow], labels: np.ndarray,
+                    sources: list[str], salt: str, progress: bool) -> None:  # fmt: skip
+    """Write one metadata row per decoded image to ``path`` (Arrow), ``CHUNK_ROWS`` rows at a time: the report and
+    its sections, labels, hashed keys, view and scaled boxes. Images rejected by :func:`_kept_rows` get placeholders
+    (they are never selected)."""
+    from datasets.arrow_writer import ArrowWriter
+    from tqdm.auto import tqdm
+
+    features = _subset(corpus_features(), _META_COLUMNS)
+    kept = zip(keep, rows, labels, sources, strict=True)
+    upcoming = next(kept, None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = [*_SIZES, "dicom_view", "dicom_study_key"]
+    with ArrowWriter(features=features, path=str(path)) as writer, \
+            tqdm(total=len(images), desc="writing rows", unit="row", disable=not progress) as bar:  # fmt: skip
+        start = 0
+        for batch in images.select_columns(columns).iter(batch_size=CHUNK_ROWS):
+            n = len(batch["height"])
+            chunk = []
+            while upcoming is not None and upcoming[0] < start + n:
+                chunk.append(upcoming)
+                upcoming = next(kept, None)
+            meta = {k: [None] * n for k in _META_COLUMNS}
+            meta["boxes"] = [[] for _ in range(n)]
+            sections = _parse_reports([row.report for _, row, _, _ in chunk])
+            for (pos, row, values, source), parsed in zip(chunk, sections, strict=True):
+                j = pos - start
+                meta["report"][j] = row.report
+                meta["findings"][j], meta["impression"][j], meta["sentences"][j] = parsed
+                meta["labels"][j] = values.tolist()
+                meta["label_source"][j] = source
+                meta["patient_key"][j] = hash_identifier(row.patient_id, salt)
+                meta["study_key"][j] = (
+                    hash_identifier(row.study_id, salt)
+                    if row.study_id
+                    else batch["dicom_study_key"][j] or hash_identifier(f"{row.patient_id}/{row.image}", salt)
+                )
+                meta["view"][j] = row.view or batch["dicom_view"][j] or ""
+                meta["boxes"][j] = _scale_boxes(row, (batch["orig_height"][j], batch["orig_width"][j]),
+                                                (batch["height"][j], batch["width"][j]))  # fmt: skip
+            writer.write_batch(meta)
+            start += n
+            bar.update(n)
+        writer.finalize()
 
 
 def _corpus_key(manifest: Manifest, shards: list[Shard], opts: DecodeOptions, settings: dict) -> str:
@@ -287,58 +376,20 @@ def ingest(
         decoded = decode_shards(shards, opts, cache, num_proc, progress) + (decoded if state is not None else 0)
     logger.info("images: %d shard(s) decoded, %d reused from %s", decoded, len(shards) - decoded, cache)
 
-    from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
+    from datasets import Dataset, DatasetDict, concatenate_datasets
 
-    rejects = list(table.rejects)
-    parts = []
-    for s in shards:
-        part = load_from_disk(str(cache / s.key))
-        if len(part):  # empty tables break datasets' column-wise concatenation
-            parts.append(part)
-        rejects += [Reject(r, "", reason) for r, reason in json.loads((cache / s.key / "rejects.json").read_text())]
-    features = shard_features()
-    images = concatenate_datasets(parts) if parts else Dataset.from_dict({k: [] for k in features}, features=features)
-    by_row = {r.row: r for r in table.rows}
-    decoded_rows = images.data.column("manifest_row").to_pylist()
-    size_cols = {c: images.data.column(c).to_pylist() for c in ("height", "width", "orig_height", "orig_width")}
-    boxes, keep = [], []
-    for pos, r in enumerate(decoded_rows):
-        orig = (size_cols["orig_height"][pos], size_cols["orig_width"][pos])
-        try:
-            boxes.append(_scale_boxes(by_row[r], orig, (size_cols["height"][pos], size_cols["width"][pos])))
-            keep.append(pos)
-        except ValueError as err:
-            boxes.append([])
-            rejects.append(Reject(r, "", str(err)))
-    rows = [by_row[decoded_rows[p]] for p in keep]
-    texts = [r.report for r in rows]
-    sections = _parse_reports(texts, progress)
-    label_array, sources = _label_rows(rows, label_names, mode, vocab, num_proc, progress, texts)
+    images, rejects = _load_images(shards, cache, list(table.rejects))
+    keep, rows, box_rejects = _kept_rows(images, table.rows)
+    rejects += box_rejects
+    label_array, sources = _label_rows(rows, label_names, mode, vocab, num_proc, progress)
     assignment, fractions = _assign_splits(rows, label_array, fractions, seed)
-
-    # one metadata row per decoded image (rows rejected above get placeholders and are never selected)
-    dicom_view = images.data.column("dicom_view").to_pylist()
-    dicom_study = images.data.column("dicom_study_key").to_pylist()
-    meta = {k: [None] * len(decoded_rows) for k in ("report", "findings", "impression", "sentences", "labels",
-                                                    "label_source", "patient_key", "study_key", "view")}  # fmt: skip
-    meta["boxes"] = boxes
-    for i, (pos, row) in enumerate(zip(keep, rows, strict=True)):
-        meta["report"][pos] = row.report
-        meta["findings"][pos], meta["impression"][pos], meta["sentences"][pos] = sections[i]
-        meta["labels"][pos] = label_array[i].tolist()
-        meta["label_source"][pos] = sources[i]
-        meta["patient_key"][pos] = hash_identifier(row.patient_id, opts.salt)
-        meta["study_key"][pos] = (
-            hash_identifier(row.study_id, opts.salt)
-            if row.study_id
-            else dicom_study[pos] or hash_identifier(f"{row.patient_id}/{row.image}", opts.salt)
-        )
-        meta["view"][pos] = row.view or dicom_view[pos] or ""
     full_features = corpus_features()
-    meta_ds = Dataset.from_dict(meta, features=_subset(full_features, meta))
     if len(images):
-        full = concatenate_datasets([images, meta_ds], axis=1).remove_columns(["dicom_view", "dicom_study_key"])
-        full = full.select_columns(list(full_features))
+        meta_path = out / CACHE_DIR / "rows.arrow"
+        with writing(out):
+            _write_metadata(meta_path, images, keep, rows, label_array, sources, opts.salt, progress)
+        full = concatenate_datasets([images, Dataset.from_file(str(meta_path))], axis=1)
+        full = full.remove_columns(["dicom_view", "dicom_study_key"]).select_columns(list(full_features))
     else:
         full = Dataset.from_dict({k: [] for k in full_features}, features=full_features)
     positions = {name: [keep[i] for i, s in enumerate(assignment) if s == k] for k, name in enumerate(SPLIT_NAMES)}
@@ -348,7 +399,8 @@ def ingest(
             logger.warning("the %s split is empty (too few patients for the requested fractions)", name)
 
     rejects.sort(key=lambda r: r.row)
-    path_of = {r.row: r.image for r in table.rows}
+    unnamed = {r.row for r in rejects if not r.path}  # rejected while decoding or checking boxes
+    path_of = {r.row: r.image for r in table.rows if r.row in unnamed}
     reasons = Counter(reason_category(r.reason) for r in rejects)
     info = CorpusInfo(
         label_names=label_names,
@@ -367,6 +419,7 @@ def ingest(
         reports=sum(1 for r in rows if r.report),
     )
     write_corpus(out, splits, info, [(r.row, r.path or path_of.get(r.row, ""), r.reason) for r in rejects])
+    (out / CACHE_DIR / "rows.arrow").unlink(missing_ok=True)
     _clean_cache(cache, {s.key for s in shards})
     logger.info("corpus %s: %d row(s) kept, %d rejected (%s)", out, sum(info.num_rows.values()), len(rejects),
                 out / REJECTS_FILE)  # fmt: skip

@@ -17,6 +17,7 @@ The corpus folder's layout and row schema, and reading it back, are in :mod:`mmr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -263,9 +264,19 @@ def _write_metadata(path: Path, images, keep: list[int], rows: list[ManifestRow]
 
 
 def _corpus_key(manifest: Manifest, shards: list[Shard], opts: DecodeOptions, settings: dict) -> str:
-    rows = [dataclasses.asdict(r) for r in manifest.rows]
-    return digest(CORPUS_VERSION, __version__, settings, digest(opts.salt), [s.key for s in shards], rows,
-                   [dataclasses.asdict(r) for r in manifest.rejects])  # fmt: skip
+    """A hash of everything the corpus is built from. Manifest rows and rejects are hashed one at a time, as JSON
+    lines (JSON escapes newlines): hashing makes no copy of the whole manifest."""
+    h = hashlib.sha256(_json([CORPUS_VERSION, __version__, settings, digest(opts.salt), [s.key for s in shards]]))
+    for records in (manifest.rows, manifest.rejects):
+        h.update(b"[")
+        for r in records:
+            h.update(_json({f.name: getattr(r, f.name) for f in dataclasses.fields(r)}) + b"\n")
+        h.update(b"]")
+    return h.hexdigest()[:32]
+
+
+def _json(value) -> bytes:
+    return json.dumps(value, sort_keys=True, default=str).encode("utf-8")
 
 
 def ingest(

@@ -442,14 +442,19 @@ def ingest(
         key=key,
         reports=sum(1 for r in rows if r.report),
     )
-    write_corpus(out, splits, info, [(r.row, r.path or path_of.get(r.row, ""), r.reason) for r in rejects])
+    rejected = [(r.row, r.path or path_of.get(r.row, ""), r.reason) for r in rejects]
+    shard_keys = {s.key for s in shards}
+    # writing the splits is when an ingest holds the most: the manifest's rows (their text, paths, boxes) are no
+    # longer needed and go first
+    del table, rows, shards
+    write_corpus(out, splits, info, rejected)
     (out / CACHE_DIR / "rows.arrow").unlink(missing_ok=True)
-    _clean_cache(cache, {s.key for s in shards})
+    _clean_cache(cache, shard_keys)
     logger.info("corpus %s: %d row(s) kept, %d rejected (%s)", out, sum(info.num_rows.values()), len(rejects),
                 out / REJECTS_FILE)  # fmt: skip
     if state is not None:
         state.destroy_process_group()
-    return IngestSummary(out, info, reused=False, shards_reused=len(shards) - decoded, shards_decoded=decoded,
+    return IngestSummary(out, info, reused=False, shards_reused=len(shard_keys) - decoded, shards_decoded=decoded,
                          seconds=time.perf_counter() - start)  # fmt: skip
 
 

@@ -58,7 +58,7 @@ from mmrad.processes import launched_processes
 logger = logging.getLogger(__name__)
 
 BOX_TOLERANCE = 1.0  # pixels a box may exceed the image by (rounding in the source annotations)
-CHUNK_ROWS = 4096  # decoded images whose metadata is built and written at a time
+CHUNK_ROWS = 1024  # decoded images whose metadata is built and written at a time
 _SIZES = ["height", "width", "orig_height", "orig_width"]
 _META_COLUMNS = ["report", "findings", "impression", "sentences", "labels", "label_source", "boxes", "patient_key",
                  "study_key", "view"]  # fmt: skip

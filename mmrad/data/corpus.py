@@ -408,16 +408,7 @@ def ingest(
     rejects += box_rejects
     label_array, sources = _label_rows(rows, label_names, mode, vocab, num_proc, progress)
     assignment, fractions = _assign_splits(rows, label_array, fractions, seed)
-    full_features = corpus_features()
-    if len(images):
-        meta_path = out / CACHE_DIR / "rows.arrow"
-        with writing(out):
-            _write_metadata(meta_path, images, keep, rows, label_array, sources, opts.salt, progress)
-        full = _join_metadata(images, block_rows, meta_path).select_columns(list(full_features))
-    else:
-        full = Dataset.from_dict({k: [] for k in full_features}, features=full_features)
     positions = {name: [keep[i] for i, s in enumerate(assignment) if s == k] for k, name in enumerate(SPLIT_NAMES)}
-    splits = DatasetDict({name: full.select(pos) for name, pos in positions.items()})
     for name, pos in positions.items():
         if not pos and fractions[SPLIT_NAMES.index(name)] > 0:
             logger.warning("the %s split is empty (too few patients for the requested fractions)", name)
@@ -444,11 +435,21 @@ def ingest(
     )
     rejected = [(r.row, r.path or path_of.get(r.row, ""), r.reason) for r in rejects]
     shard_keys = {s.key for s in shards}
-    # writing the splits is when an ingest holds the most: the manifest's rows (their text, paths, boxes) are no
-    # longer needed and go first
-    del table, rows, shards
-    write_corpus(out, splits, info, rejected)
-    (out / CACHE_DIR / "rows.arrow").unlink(missing_ok=True)
+    full_features = corpus_features()
+    meta_path = out / CACHE_DIR / "rows.arrow"  # one metadata row per decoded image, until the splits are written
+    try:
+        if len(images):
+            with writing(out):
+                _write_metadata(meta_path, images, keep, rows, label_array, sources, opts.salt, progress)
+            full = _join_metadata(images, block_rows, meta_path).select_columns(list(full_features))
+        else:
+            full = Dataset.from_dict({k: [] for k in full_features}, features=full_features)
+        # writing the splits is when an ingest holds the most: the manifest's rows (their text, paths, boxes) are
+        # no longer needed and go first
+        del table, rows, shards
+        write_corpus(out, DatasetDict({name: full.select(pos) for name, pos in positions.items()}), info, rejected)
+    finally:
+        meta_path.unlink(missing_ok=True)  # after an error too: a full disk keeps no partial file
     _clean_cache(cache, shard_keys)
     logger.info("corpus %s: %d row(s) kept, %d rejected (%s)", out, sum(info.num_rows.values()), len(rejects),
                 out / REJECTS_FILE)  # fmt: skip

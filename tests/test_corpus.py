@@ -224,6 +224,23 @@ def test_rerun_reuses_finished_work(mixed, tmp_path, monkeypatch):
     assert len(list((out / CACHE_DIR / "shards").iterdir())) == 5  # the stale shard is cleaned up
 
 
+def test_an_edited_manifest_rebuilds_from_the_decoded_shards(mixed, tmp_path):
+    out = tmp_path / "corpus"
+    first = ingest(mixed, out, image_size=40, labels="manifest", progress=False)
+    assert ingest(mixed, out, image_size=40, labels="manifest", progress=False).reused
+    text = mixed.read_text(encoding="utf-8")
+    # a kept row's report, then a rejected row's reason: each is a new input, and no image is decoded again
+    for old, new in (("IMPRESSION: Right effusion.", "IMPRESSION: Left effusion."), (",yes,", ",maybe,")):
+        text = text.replace(old, new, 1)
+        mixed.write_text(text, encoding="utf-8")
+        again = ingest(mixed, out, image_size=40, labels="manifest", progress=False)
+        assert not again.reused and again.shards_decoded == 0 and again.info.key != first.info.key
+        first = again
+    rows = {r["manifest_row"]: r for r in _all_rows(load_corpus(out)[0])}
+    assert rows[0]["impression"] == "Left effusion." and rows[1]["impression"] == "Right effusion."
+    assert _rejects(out)[-1]["reason"].startswith("bad label value 'maybe'")
+
+
 def test_parallel_ingest_matches_serial(mixed, tmp_path):
     one = ingest(mixed, tmp_path / "one", image_size=40, labels="manifest", progress=False)
     two = ingest(mixed, tmp_path / "two", image_size=40, labels="manifest", progress=False, num_proc=2)

@@ -1,4 +1,5 @@
 import csv
+import itertools
 import math
 import time
 
@@ -267,6 +268,21 @@ def test_label_many_in_order_and_with_workers(nih):
     ):
         np.testing.assert_array_equal([r.as_array() for r in bare], [r.as_array() for r in one])
         assert all(evs == [] for r in bare for evs in r.evidence.values())
+
+
+def test_label_iter_yields_in_order_and_can_stop_early(nih):
+    from mmrad.data import labeler as labeler_mod
+
+    texts = ["No effusion.", "Small effusion.", None, "Possible effusion.", ""] * 40
+    expected = [r.as_array() for r in nih.label_many(texts)]
+    for workers in (1, 2):
+        results = nih.label_iter(texts, num_workers=workers, chunksize=8, evidence=False)
+        first = list(itertools.islice(results, 7))
+        results.close()  # stopped early: the worker processes are gone
+        assert labeler_mod._WORKER is None
+        np.testing.assert_array_equal([r.as_array() for r in first], expected[:7])
+        every = nih.label_iter(texts, num_workers=workers, chunksize=8)
+        np.testing.assert_array_equal([r.as_array() for r in every], expected)
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,14 @@ Work is cached under ``DIR/.mmrad_cache``: images are decoded in shards of ``SHA
 under a hash of its files (path, size, mtime) and the decode options, so an interrupted or repeated run decodes only
 what changed. A finished corpus records a hash of the whole input; re-running with the same input does nothing.
 
-The corpus folder's layout and row schema, and reading it back, are in :mod:`mmrad.data.corpus_io`.
+The corpus folder's layout and row schema, and reading it back, are in :mod:`mmrad.data.corpus_io`; building
+the rows from the decoded shards, a chunk at a time, is in :mod:`mmrad.data.corpus_rows`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -39,24 +41,22 @@ from mmrad.data.corpus_io import (
     read_info,
     write_corpus,
 )
+from mmrad.data.corpus_rows import join_metadata, kept_rows, load_images, write_metadata
 from mmrad.data.imagecache import (
     SHARD_ROWS,
     DecodeOptions,
     Shard,
     decode_shards,
     digest,
-    shard_features,
     shard_key,
 )
-from mmrad.data.manifest import Manifest, ManifestError, ManifestRow, Reject, read_manifest
-from mmrad.data.privacy import default_salt, deidentify_text, hash_identifier
+from mmrad.data.manifest import Manifest, ManifestError, ManifestRow, read_manifest
+from mmrad.data.privacy import default_salt, deidentify_text
 from mmrad.data.splits import SPLIT_NAMES, parse_fractions, patient_split
 from mmrad.errors import writing
 from mmrad.processes import launched_processes
 
 logger = logging.getLogger(__name__)
-
-BOX_TOLERANCE = 1.0  # pixels a box may exceed the image by (rounding in the source annotations)
 
 
 @dataclass
@@ -97,26 +97,8 @@ def reason_category(reason: str) -> str:
     return re.split(r" \(|: | '| \"| in column", reason, maxsplit=1)[0].strip() or reason
 
 
-def _scale_boxes(row: ManifestRow, orig: tuple[int, int], size: tuple[int, int]) -> list[dict]:
-    (h0, w0), (h, w) = orig, size
-    sx, sy = w / w0, h / h0
-    boxes = []
-    for b in row.boxes:
-        if (
-            b["x"] < -BOX_TOLERANCE
-            or b["y"] < -BOX_TOLERANCE
-            or b["x"] + b["w"] > w0 + BOX_TOLERANCE
-            or (b["y"] + b["h"] > h0 + BOX_TOLERANCE)
-        ):
-            raise ValueError(f"bad boxes: box {b['label']!r} lies outside the {w0}x{h0} image")
-        x0, y0 = max(b["x"], 0.0), max(b["y"], 0.0)
-        x1, y1 = min(b["x"] + b["w"], w0), min(b["y"] + b["h"], h0)
-        boxes.append({"label": b["label"], "x": x0 * sx, "y": y0 * sy, "w": (x1 - x0) * sx, "h": (y1 - y0) * sy})
-    return boxes
-
-
 def _label_rows(rows: list[ManifestRow], label_names: list[str], mode: str, vocabulary: str, num_proc: int,
-                progress: bool, texts: list[str]) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+                progress: bool) -> tuple[np.ndarray, list[str]]:  # fmt: skip
     """(N, K) labels and a label source per row: manifest cells where given, the labeler for the rest."""
     labels = np.full((len(rows), len(label_names)), np.nan, dtype=np.float32)
     from_manifest = np.zeros(labels.shape, dtype=bool)
@@ -130,12 +112,14 @@ def _label_rows(rows: list[ManifestRow], label_names: list[str], mode: str, voca
 
         labeler = ReportLabeler(vocabulary)
         known = [n for n in label_names if n in labeler.label_names]
-        cols = [label_names.index(n) for n in known]
-        results = labeler.label_many([texts[i] for i in need], num_workers=num_proc, progress=progress)
+        cols = np.asarray([label_names.index(n) for n in known], dtype=np.intp)
+        # results are used as they come: only the (N, K) array outlives them
+        results = labeler.label_iter([rows[i].report for i in need], num_workers=num_proc, progress=progress,
+                                     evidence=False)  # fmt: skip
         for i, result in zip(need, results, strict=True):
-            values = np.asarray(result.as_array(known), dtype=np.float32)
+            values = result.as_array(known)
             keep = ~from_manifest[i, cols]
-            labels[i, np.asarray(cols)[keep]] = values[keep]
+            labels[i, cols[keep]] = values[keep]
     sources = []
     for i in range(len(rows)):
         given = from_manifest[i].all() or mode == "manifest"
@@ -161,22 +145,20 @@ def _assign_splits(rows: list[ManifestRow], labels: np.ndarray, fractions, seed:
     return assignment, tuple(float(c) for c in counts / counts.sum())
 
 
-def _parse_reports(texts: list[str], progress: bool) -> list[tuple[str, str, list[str]]]:
-    from tqdm.auto import tqdm
-
-    from mmrad.data.reports import parse_report
-
-    out = []
-    for text in tqdm(texts, desc="parsing reports", unit="report", disable=not progress or len(texts) < 1000):
-        report = parse_report(text)
-        out.append((report.findings or "", report.impression or "", [s.text for s in report.sentences]))
-    return out
-
-
 def _corpus_key(manifest: Manifest, shards: list[Shard], opts: DecodeOptions, settings: dict) -> str:
-    rows = [dataclasses.asdict(r) for r in manifest.rows]
-    return digest(CORPUS_VERSION, __version__, settings, digest(opts.salt), [s.key for s in shards], rows,
-                   [dataclasses.asdict(r) for r in manifest.rejects])  # fmt: skip
+    """A hash of everything the corpus is built from. Manifest rows and rejects are hashed one at a time, as JSON
+    lines (JSON escapes newlines): hashing makes no copy of the whole manifest."""
+    h = hashlib.sha256(_json([CORPUS_VERSION, __version__, settings, digest(opts.salt), [s.key for s in shards]]))
+    for records in (manifest.rows, manifest.rejects):
+        h.update(b"[")
+        for r in records:
+            h.update(_json({f.name: getattr(r, f.name) for f in dataclasses.fields(r)}) + b"\n")
+        h.update(b"]")
+    return h.hexdigest()[:32]
+
+
+def _json(value) -> bytes:
+    return json.dumps(value, sort_keys=True, default=str).encode("utf-8")
 
 
 def ingest(
@@ -287,68 +269,21 @@ def ingest(
         decoded = decode_shards(shards, opts, cache, num_proc, progress) + (decoded if state is not None else 0)
     logger.info("images: %d shard(s) decoded, %d reused from %s", decoded, len(shards) - decoded, cache)
 
-    from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
+    from datasets import Dataset, DatasetDict
 
-    rejects = list(table.rejects)
-    parts = []
-    for s in shards:
-        part = load_from_disk(str(cache / s.key))
-        if len(part):  # empty tables break datasets' column-wise concatenation
-            parts.append(part)
-        rejects += [Reject(r, "", reason) for r, reason in json.loads((cache / s.key / "rejects.json").read_text())]
-    features = shard_features()
-    images = concatenate_datasets(parts) if parts else Dataset.from_dict({k: [] for k in features}, features=features)
-    by_row = {r.row: r for r in table.rows}
-    decoded_rows = images.data.column("manifest_row").to_pylist()
-    size_cols = {c: images.data.column(c).to_pylist() for c in ("height", "width", "orig_height", "orig_width")}
-    boxes, keep = [], []
-    for pos, r in enumerate(decoded_rows):
-        orig = (size_cols["orig_height"][pos], size_cols["orig_width"][pos])
-        try:
-            boxes.append(_scale_boxes(by_row[r], orig, (size_cols["height"][pos], size_cols["width"][pos])))
-            keep.append(pos)
-        except ValueError as err:
-            boxes.append([])
-            rejects.append(Reject(r, "", str(err)))
-    rows = [by_row[decoded_rows[p]] for p in keep]
-    texts = [r.report for r in rows]
-    sections = _parse_reports(texts, progress)
-    label_array, sources = _label_rows(rows, label_names, mode, vocab, num_proc, progress, texts)
+    images, block_rows, rejects = load_images(shards, cache, list(table.rejects))
+    keep, rows, box_rejects = kept_rows(images, table.rows)
+    rejects += box_rejects
+    label_array, sources = _label_rows(rows, label_names, mode, vocab, num_proc, progress)
     assignment, fractions = _assign_splits(rows, label_array, fractions, seed)
-
-    # one metadata row per decoded image (rows rejected above get placeholders and are never selected)
-    dicom_view = images.data.column("dicom_view").to_pylist()
-    dicom_study = images.data.column("dicom_study_key").to_pylist()
-    meta = {k: [None] * len(decoded_rows) for k in ("report", "findings", "impression", "sentences", "labels",
-                                                    "label_source", "patient_key", "study_key", "view")}  # fmt: skip
-    meta["boxes"] = boxes
-    for i, (pos, row) in enumerate(zip(keep, rows, strict=True)):
-        meta["report"][pos] = row.report
-        meta["findings"][pos], meta["impression"][pos], meta["sentences"][pos] = sections[i]
-        meta["labels"][pos] = label_array[i].tolist()
-        meta["label_source"][pos] = sources[i]
-        meta["patient_key"][pos] = hash_identifier(row.patient_id, opts.salt)
-        meta["study_key"][pos] = (
-            hash_identifier(row.study_id, opts.salt)
-            if row.study_id
-            else dicom_study[pos] or hash_identifier(f"{row.patient_id}/{row.image}", opts.salt)
-        )
-        meta["view"][pos] = row.view or dicom_view[pos] or ""
-    full_features = corpus_features()
-    meta_ds = Dataset.from_dict(meta, features=_subset(full_features, meta))
-    if len(images):
-        full = concatenate_datasets([images, meta_ds], axis=1).remove_columns(["dicom_view", "dicom_study_key"])
-        full = full.select_columns(list(full_features))
-    else:
-        full = Dataset.from_dict({k: [] for k in full_features}, features=full_features)
     positions = {name: [keep[i] for i, s in enumerate(assignment) if s == k] for k, name in enumerate(SPLIT_NAMES)}
-    splits = DatasetDict({name: full.select(pos) for name, pos in positions.items()})
     for name, pos in positions.items():
         if not pos and fractions[SPLIT_NAMES.index(name)] > 0:
             logger.warning("the %s split is empty (too few patients for the requested fractions)", name)
 
     rejects.sort(key=lambda r: r.row)
-    path_of = {r.row: r.image for r in table.rows}
+    unnamed = {r.row for r in rejects if not r.path}  # rejected while decoding or checking boxes
+    path_of = {r.row: r.image for r in table.rows if r.row in unnamed}
     reasons = Counter(reason_category(r.reason) for r in rejects)
     info = CorpusInfo(
         label_names=label_names,
@@ -366,20 +301,30 @@ def ingest(
         key=key,
         reports=sum(1 for r in rows if r.report),
     )
-    write_corpus(out, splits, info, [(r.row, r.path or path_of.get(r.row, ""), r.reason) for r in rejects])
-    _clean_cache(cache, {s.key for s in shards})
+    rejected = [(r.row, r.path or path_of.get(r.row, ""), r.reason) for r in rejects]
+    shard_keys = {s.key for s in shards}
+    full_features = corpus_features()
+    meta_path = out / CACHE_DIR / "rows.arrow"  # one metadata row per decoded image, until the splits are written
+    try:
+        if len(images):
+            with writing(out):
+                write_metadata(meta_path, images, keep, rows, label_array, sources, opts.salt, progress)
+            full = join_metadata(images, block_rows, meta_path).select_columns(list(full_features))
+        else:
+            full = Dataset.from_dict({k: [] for k in full_features}, features=full_features)
+        # writing the splits is when an ingest holds the most: the manifest's rows (their text, paths, boxes) are
+        # no longer needed and go first
+        del table, rows, shards
+        write_corpus(out, DatasetDict({name: full.select(pos) for name, pos in positions.items()}), info, rejected)
+    finally:
+        meta_path.unlink(missing_ok=True)  # after an error too: a full disk keeps no partial file
+    _clean_cache(cache, shard_keys)
     logger.info("corpus %s: %d row(s) kept, %d rejected (%s)", out, sum(info.num_rows.values()), len(rejects),
                 out / REJECTS_FILE)  # fmt: skip
     if state is not None:
         state.destroy_process_group()
-    return IngestSummary(out, info, reused=False, shards_reused=len(shards) - decoded, shards_decoded=decoded,
+    return IngestSummary(out, info, reused=False, shards_reused=len(shard_keys) - decoded, shards_decoded=decoded,
                          seconds=time.perf_counter() - start)  # fmt: skip
-
-
-def _subset(features, columns):
-    from datasets import Features
-
-    return Features({k: features[k] for k in columns})
 
 
 def _clean_cache(cache: Path, keep: set[str]) -> None:

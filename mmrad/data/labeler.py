@@ -22,7 +22,7 @@ INDICATION, COMPARISON and TECHNIQUE ("r/o pneumonia" in an indication is a ques
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,43 +219,64 @@ class ReportLabeler:
             progress: show a progress bar (tqdm, on stderr).
             evidence: keep the evidence; ``False`` returns empty evidence lists, which makes workers cheaper.
         """
+        return list(
+            self.label_iter(texts, num_workers=num_workers, progress=progress, chunksize=chunksize, evidence=evidence)
+        )
+
+    def label_iter(
+        self,
+        texts: Iterable[str | None],
+        *,
+        num_workers: int = 1,
+        progress: bool = False,
+        chunksize: int = 256,
+        evidence: bool = True,
+    ) -> Iterator[LabelResult]:
+        """Like :meth:`label_many`, but yields the results in order as they come: a caller that keeps only what it
+        needs of each result (``as_array``) holds a few chunks of results at a time instead of one per report.
+
+        The worker processes (``num_workers > 1``) live until the iterator is exhausted or closed.
+        """
         texts = list(texts)
         bar = _progress_bar(len(texts), progress)
-        if num_workers <= 1 or len(texts) < 2 * chunksize:
-            results = []
-            for text in texts:
-                result = self.label(text)
-                if not evidence:
-                    result.evidence = {name: [] for name in self.label_names}
-                results.append(result)
-                if bar is not None:
-                    bar.update(1)
-        else:
-            import multiprocessing as mp
-
-            global _WORKER
-            chunks = [texts[i : i + chunksize] for i in range(0, len(texts), chunksize)]
-            if "fork" in mp.get_all_start_methods():  # workers inherit this labeler: no pickling, no recompiling
-                ctx, init, initargs = mp.get_context("fork"), None, ()
-                _WORKER = self
+        try:
+            if num_workers <= 1 or len(texts) < 2 * chunksize:
+                for text in texts:
+                    result = self.label(text)
+                    if not evidence:
+                        result.evidence = {name: [] for name in self.label_names}
+                    if bar is not None:
+                        bar.update(1)
+                    yield result
             else:
-                ctx, init, initargs = (
-                    mp.get_context(),
-                    _init_worker,
-                    (self.vocabulary, self.sections, self.speculation),
-                )
-            results = []
-            try:
-                with ctx.Pool(num_workers, initializer=init, initargs=initargs) as pool:
-                    for packed in pool.imap(_label_chunk if evidence else _label_chunk_no_evidence, chunks):
-                        results.extend(self._unpack(p) for p in packed)
-                        if bar is not None:
-                            bar.update(len(packed))
-            finally:
-                _WORKER = None
-        if bar is not None:
-            bar.close()
-        return results
+                yield from self._label_in_workers(texts, num_workers, chunksize, evidence, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _label_in_workers(self, texts: list, num_workers: int, chunksize: int, evidence: bool, bar):
+        import multiprocessing as mp
+
+        global _WORKER
+        chunks = [texts[i : i + chunksize] for i in range(0, len(texts), chunksize)]
+        if "fork" in mp.get_all_start_methods():  # workers inherit this labeler: no pickling, no recompiling
+            ctx, init, initargs = mp.get_context("fork"), None, ()
+            _WORKER = self
+        else:
+            ctx, init, initargs = (
+                mp.get_context(),
+                _init_worker,
+                (self.vocabulary, self.sections, self.speculation),
+            )
+        try:
+            with ctx.Pool(num_workers, initializer=init, initargs=initargs) as pool:
+                for packed in pool.imap(_label_chunk if evidence else _label_chunk_no_evidence, chunks):
+                    if bar is not None:
+                        bar.update(len(packed))
+                    for p in packed:
+                        yield self._unpack(p)
+        finally:
+            _WORKER = None
 
     def _unpack(self, packed: tuple[list[float], list[tuple]]) -> LabelResult:
         values, evidence = packed

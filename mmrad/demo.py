@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmrad.cards import write_card
-from mmrad.config import ExperimentConfig, load_config
+from mmrad.config.schema import ExperimentConfig, load_config
+from mmrad.hub.cards import write_card
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +89,9 @@ def run_demo(out_dir: str | Path, *, quick: bool = False, settings: DemoSettings
     """Run the demo into ``out_dir`` (which is replaced) and return what it made."""
     import yaml
 
-    from mmrad.data.corpus import ingest
-    from mmrad.data.synthetic import PHANTOM_SYNONYM_PROMPTS, PHANTOM_ZERO_SHOT_PROMPTS, make_phantom_corpus
-    from mmrad.evaluation import evaluate_corpus
+    from mmrad.corpus.ingest import ingest
+    from mmrad.evaluation.corpus import evaluate_corpus
+    from mmrad.phantom.corpus import PHANTOM_SYNONYM_PROMPTS, PHANTOM_ZERO_SHOT_PROMPTS, make_phantom_corpus
     from mmrad.training.loop import train
 
     settings = settings or (DemoSettings.quick() if quick else DemoSettings())
@@ -136,10 +136,10 @@ def write_examples(model_dir: Path, corpus: Path, out: Path, n: int = 4) -> Path
     import datasets
     import numpy as np
 
-    from mmrad.data.transforms import to_float_array
-    from mmrad.grounding import ground_report, overlay
+    from mmrad.evaluation.predict import write_json_atomic
+    from mmrad.inference.grounding import ground_report, overlay
     from mmrad.models.modeling import MMRadModel
-    from mmrad.training.evaluation import write_json_atomic
+    from mmrad.processing.transforms import to_float_array
 
     model = MMRadModel.from_pretrained(model_dir)
     test = datasets.load_from_disk(str(corpus))["test"]

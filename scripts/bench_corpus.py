@@ -70,7 +70,7 @@ class SourceDicoms:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        from mmrad.data.images import load_image
+        from mmrad.io.images import load_image
 
         pixels, _ = load_image(self.paths[i])
         return {"image": pixels, "report": self.reports[i], "labels": self.labels[i]}
@@ -82,8 +82,8 @@ class Starvation:
     def __init__(self, corpus: Path, workers: int | None, input_size: int, batch_size: int, copies: int, device):
         import torch
 
-        from mmrad.config import load_config
-        from mmrad.data.corpus_io import load_corpus
+        from mmrad.config.schema import load_config
+        from mmrad.corpus.format import load_corpus
         from mmrad.models import MMRadModel
         from mmrad.training.data import build_dataloaders
 
@@ -141,8 +141,8 @@ class Starvation:
 def _compressed_copy(phantom, folder: Path) -> list[Path]:
     import numpy as np
 
-    from mmrad.data.dicom import write_dicom
-    from mmrad.data.images import load_image
+    from mmrad.io.dicom import write_dicom
+    from mmrad.io.images import load_image
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -174,11 +174,11 @@ def main() -> None:
 
     import torch
 
-    from mmrad.config import PreprocessConfig
-    from mmrad.data.collate import MMRadCollator
-    from mmrad.data.corpus import ingest
-    from mmrad.data.corpus_io import load_corpus
-    from mmrad.data.synthetic import make_phantom_corpus
+    from mmrad.config.schema import PreprocessConfig
+    from mmrad.corpus.format import load_corpus
+    from mmrad.corpus.ingest import ingest
+    from mmrad.phantom.corpus import make_phantom_corpus
+    from mmrad.processing.collate import MMRadCollator
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="mmrad-bench-"))

@@ -55,7 +55,7 @@ class Run:
 
 def _sources(work: Path, rows: list[int], source_size: int) -> dict[int, Path]:
     """The phantom corpus of ``max(rows)`` studies (generated once) and a manifest of its first ``n`` rows each."""
-    from mmrad.data.synthetic import make_phantom_corpus
+    from mmrad.phantom.corpus import make_phantom_corpus
 
     n = max(rows)
     root = work / f"phantom-{n}-{source_size}px"

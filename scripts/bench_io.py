@@ -20,7 +20,7 @@ from benchlib import add_common_arguments, record
 from pydicom.data import get_testdata_file
 from pydicom.uid import RLELossless
 
-from mmrad.data.dicom import read_dicom, write_dicom
+from mmrad.io.dicom import read_dicom, write_dicom
 
 BUNDLED = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "693_J2KI.dcm", "JPGExtended.dcm", "MR_small_RLE.dcm"]
 

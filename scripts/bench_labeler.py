@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchlib import add_common_arguments, record
 
-from mmrad.data.labeler import ReportLabeler
+from mmrad.reports.labeler import ReportLabeler
 
 ONE_CORE_GOAL = 2000.0  # reports/s
 

@@ -48,7 +48,7 @@ def build(lora: bool, text_length: int, dropout: float | None = None):
     """The model of one mode; returns (model, LoRA settings)."""
     import open_clip
 
-    from mmrad.config import LoraSettings, MMRadConfig, load_config
+    from mmrad.config.schema import LoraSettings, MMRadConfig, load_config
     from mmrad.models import MMRadModel, apply_lora
 
     settings = load_config(REPO / "configs" / "biomedclip_lora.yaml").lora

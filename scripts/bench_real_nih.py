@@ -60,7 +60,7 @@ def read_manifest(path: Path) -> list[dict]:
 def assign_splits(dev: list[dict], test: list[dict] | None, seed: int = 0) -> list[dict]:
     """One table with a ``split`` column: a stratified patient split of ``dev`` (70/10/20, or 88/12 train/validation
     when a test set is given) plus the test rows."""
-    from mmrad.data.splits import SPLIT_NAMES, patient_split
+    from mmrad.corpus.splits import SPLIT_NAMES, patient_split
 
     labels = np.array([[float(r[f]) for f in FINDINGS] for r in dev])
     fractions = (0.7, 0.1, 0.2) if test is None else (0.88, 0.12, 0.0)
@@ -121,7 +121,7 @@ def location_prior(train: list[dict], grid: int = 64) -> np.ndarray:
 
 
 def macro_auroc(probs: np.ndarray, rows: list[dict]) -> tuple[float, dict[str, float]]:
-    from mmrad.metrics.functional import multilabel_metrics
+    from mmrad.evaluation.metrics.functional import multilabel_metrics
 
     labels = np.array([[float(r[f]) for f in FINDINGS] for r in rows])
     metrics = multilabel_metrics(probs, labels, FINDINGS)

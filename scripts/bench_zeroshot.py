@@ -35,9 +35,9 @@ import torch.nn.functional as F  # noqa: E402
 from benchlib import add_common_arguments, record  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mmrad.config import MMRadConfig, PreprocessConfig, TextConfig, VisionConfig  # noqa: E402
+from mmrad.config.schema import MMRadConfig, PreprocessConfig, TextConfig, VisionConfig  # noqa: E402
+from mmrad.inference.zeroshot import ZeroShotClassifier, query_prompts, run_zero_shot  # noqa: E402
 from mmrad.models.modeling import MMRadModel  # noqa: E402
-from mmrad.zeroshot import ZeroShotClassifier, query_prompts, run_zero_shot  # noqa: E402
 
 QUERIES = ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion", "Pneumothorax"]
 OTHER_QUERIES = ["Consolidation", "Pneumonia", "Lung Opacity", "Fracture", "left apical opacity"]

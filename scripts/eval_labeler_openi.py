@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmrad.data.labeler import ReportLabeler
+from mmrad.reports.labeler import ReportLabeler
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "openi"

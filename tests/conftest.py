@@ -50,7 +50,7 @@ def shared_data() -> Path:
 @pytest.fixture
 def dicom_file(tmp_path):
     """A factory writing a synthetic 12-bit chest-like DICOM: ``dicom_file(photometric="MONOCHROME1", **tags)``."""
-    from mmrad.data.dicom import write_dicom
+    from mmrad.io.dicom import write_dicom
 
     def make(name: str = "image.dcm", photometric: str = "MONOCHROME2", pixels=None, **kwargs) -> Path:
         if pixels is None:
@@ -73,7 +73,7 @@ def dicom_file(tmp_path):
 def tiny_config():
     """The model section of configs/tiny.yaml: open_clip ViT (32 px, patch 8, width 32, 2 layers), a 2-layer BERT
     (hidden 32) with the shipped radiology WordPiece tokenizer, a 1-layer fusion decoder, projection 16."""
-    from mmrad.config import load_config
+    from mmrad.config.schema import load_config
 
     return load_config(REPO / "configs" / "tiny.yaml").model
 
@@ -116,8 +116,8 @@ PHANTOM_FINDINGS = ["Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Lung Le
 @pytest.fixture(scope="session")
 def phantom_corpus(tmp_path_factory) -> Path:
     """80 phantom studies (64 px sources) ingested at 32 px with manifest labels: train/validation/test."""
-    from mmrad.data.corpus import ingest
-    from mmrad.data.synthetic import make_phantom_corpus
+    from mmrad.corpus.ingest import ingest
+    from mmrad.phantom.corpus import make_phantom_corpus
 
     root = tmp_path_factory.mktemp("phantom")
     make_phantom_corpus(root / "source", n=80, image_size=64, seed=0)
@@ -128,7 +128,7 @@ def phantom_corpus(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_experiment(phantom_corpus):
     """configs/tiny.yaml on the phantom corpus: 5 findings, a few steps, no trackers."""
-    from mmrad.config import load_config
+    from mmrad.config.schema import load_config
 
     return load_config(
         REPO / "configs" / "tiny.yaml",

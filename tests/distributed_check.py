@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from mmrad.config import load_config
+from mmrad.config.schema import load_config
 from mmrad.models import MMRadModel
 
 REPO = Path(__file__).resolve().parents[1]

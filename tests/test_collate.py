@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mmrad.config import PreprocessConfig
-from mmrad.data.collate import MMRadCollator
-from mmrad.data.transforms import AugmentConfig, fit_to_square, random_affine, transform_boxes, warp
+from mmrad.config.schema import PreprocessConfig
+from mmrad.processing.collate import MMRadCollator
+from mmrad.processing.transforms import AugmentConfig, fit_to_square, random_affine, transform_boxes, warp
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.1]
 
@@ -146,7 +146,7 @@ def test_boxes_become_masks_for_the_grounding_loss(tokenizer):
 
 
 def test_smaller_masks_hold_the_area_share_the_boxes_cover(tokenizer):
-    from mmrad.data.collate import boxes_to_masks
+    from mmrad.processing.collate import boxes_to_masks
 
     boxes = [[{"label": "Cardiomegaly", "x": 2.0, "y": 0.0, "w": 4.0, "h": 8.0},
               {"label": "Pleural Effusion", "x": 1.0, "y": 5.0, "w": 2.0, "h": 1.0}]]  # fmt: skip
@@ -180,9 +180,9 @@ def test_geometry_helpers():
 def test_works_in_a_dataloader_over_a_corpus(tmp_path, tokenizer):
     from torch.utils.data import DataLoader
 
-    from mmrad.data.corpus import ingest
-    from mmrad.data.corpus_io import load_corpus
-    from mmrad.data.synthetic import PHANTOM_FINDINGS, make_phantom_corpus
+    from mmrad.corpus.format import load_corpus
+    from mmrad.corpus.ingest import ingest
+    from mmrad.phantom.corpus import PHANTOM_FINDINGS, make_phantom_corpus
 
     phantom = make_phantom_corpus(tmp_path / "src", n=12, image_size=40, seed=0)
     ingest(phantom.manifest, tmp_path / "c", image_size=40, labels="manifest", split="1,0,0", progress=False)

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from mmrad.config import ConfigError, ExperimentConfig, MMRadConfig, TrainConfig, load_config
-from mmrad.configio import apply_overrides, from_dict, parse_override
+from mmrad.config.schema import ConfigError, ExperimentConfig, MMRadConfig, TrainConfig, load_config
+from mmrad.config.yamlio import apply_overrides, from_dict, parse_override
 from tests.conftest import REPO
 
 TINY = REPO / "configs" / "tiny.yaml"

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmrad.data import corpus as corpus_mod
-from mmrad.data.corpus import ingest
-from mmrad.data.corpus_io import CACHE_DIR, INFO_FILE, REJECTS_FILE, corpus_features, load_corpus
-from mmrad.data.dicom import write_dicom
-from mmrad.data.manifest import ManifestError, manifest_from_folder, parse_label
-from mmrad.data.splits import SPLIT_NAMES, parse_fractions, patient_split
+from mmrad.corpus import ingest as corpus_mod
+from mmrad.corpus.format import CACHE_DIR, INFO_FILE, REJECTS_FILE, corpus_features, load_corpus
+from mmrad.corpus.ingest import ingest
+from mmrad.corpus.manifest import ManifestError, manifest_from_folder, parse_label
+from mmrad.corpus.splits import SPLIT_NAMES, parse_fractions, patient_split
 from mmrad.errors import MMRadError
+from mmrad.io.dicom import write_dicom
 
 SECRET_ID = "CANARY-PATIENT-7731"
 
@@ -139,7 +139,7 @@ def test_boxes_rescaled_to_the_cached_image(mixed, tmp_path):
 
 
 def test_annotation_kind_reads_list_lengths(mixed, tmp_path):
-    from mmrad.data.corpus_io import annotation_kind
+    from mmrad.corpus.format import annotation_kind
 
     ingest(mixed, tmp_path / "c", image_size=40, labels="manifest", split="1,0,0", progress=False)
     train = load_corpus(tmp_path / "c")[0]["train"]
@@ -266,7 +266,7 @@ def test_folder_tree_becomes_a_manifest(tmp_path):
         assert next(csv.DictReader(f))["image"] == "archive/p1/s1/im0.png"
     with pytest.raises(ManifestError, match="finding columns"):  # a folder has no finding columns
         ingest(root, tmp_path / "c", image_size=12, labels="manifest", progress=False)
-    pytest.importorskip("mmrad.data.labeler")
+    pytest.importorskip("mmrad.reports.labeler")
     summary = ingest(root, tmp_path / "c", image_size=12, labels="chexpert", split="1,0,0", progress=False)
     assert summary.kept == 4
     assert load_corpus(tmp_path / "c")[0]["train"]["impression"][0] == "No acute cardiopulmonary process."
@@ -354,7 +354,7 @@ def test_parse_fractions():
 
 @pytest.fixture(scope="module")
 def phantom_corpus(tmp_path_factory):
-    from mmrad.data.synthetic import make_phantom_corpus
+    from mmrad.phantom.corpus import make_phantom_corpus
 
     root = tmp_path_factory.mktemp("phantom")
     return make_phantom_corpus(root / "src", n=120, image_size=48, seed=3)
@@ -388,7 +388,7 @@ def test_phantom_ingest_splits_by_patient(phantom_corpus, tmp_path):
 
 
 def test_labeler_fills_labels_when_the_manifest_has_none(tmp_path):
-    pytest.importorskip("mmrad.data.labeler")
+    pytest.importorskip("mmrad.reports.labeler")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "b.png")
     manifest = _write_rows(tmp_path / "m.csv", [

@@ -51,7 +51,7 @@ def reference(phantom_corpus, tmp_path_factory) -> list[float]:
     losses = _losses(out)
     assert len(losses) == MAX_STEPS
     # the runs below resume in the first epoch and in the middle of the second one
-    from mmrad.data.corpus_io import load_corpus
+    from mmrad.corpus.format import load_corpus
 
     steps_per_epoch = len(load_corpus(phantom_corpus)[0]["train"]) // 8
     assert 4 < steps_per_epoch < 8, steps_per_epoch

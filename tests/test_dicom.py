@@ -10,9 +10,9 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import RLELossless
 
-from mmrad.data.dicom import read_dicom
-from mmrad.data.privacy import hash_identifier
 from mmrad.errors import MMRadImageError
+from mmrad.io.dicom import read_dicom
+from mmrad.privacy.deid import hash_identifier
 
 # (file, shape, photometric, window applied?) — or an error substring for files that must be refused
 BUNDLED = [

@@ -92,7 +92,7 @@ def test_ingest_under_accelerate_launch_builds_the_one_process_corpus(tmp_path):
     import datasets
 
     from mmrad.cli import main
-    from mmrad.data.synthetic import make_phantom_corpus
+    from mmrad.phantom.corpus import make_phantom_corpus
 
     make_phantom_corpus(tmp_path / "source", n=140, image_size=48, seed=0)  # 3 shards of 64 rows
     manifest = str(tmp_path / "source" / "manifest.csv")

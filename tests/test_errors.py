@@ -166,7 +166,7 @@ def run_fails(capsys, argv: list[str], *expected: str) -> str:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    from mmrad.data.synthetic import make_phantom_corpus
+    from mmrad.phantom.corpus import make_phantom_corpus
 
     root = tmp_path_factory.mktemp("source")
     make_phantom_corpus(root, n=16, image_size=32, seed=0)

@@ -5,9 +5,9 @@ import pytest
 import yaml
 
 from mmrad.cli import main
-from mmrad.data.collate import boxes_to_masks
-from mmrad.data.synthetic import PHANTOM_ZERO_SHOT_PROMPTS
 from mmrad.models import MMRadModel
+from mmrad.phantom.corpus import PHANTOM_ZERO_SHOT_PROMPTS
+from mmrad.processing.collate import boxes_to_masks
 from tests.conftest import PHANTOM_FINDINGS
 
 
@@ -62,8 +62,8 @@ def test_boxes_become_masks():
 
 
 def test_a_corpus_with_boxes_only_is_grounded_against_its_boxes(phantom_model, phantom_corpus, tmp_path, monkeypatch):
-    import mmrad.data.corpus_io as corpus_io
-    from mmrad.evaluation import evaluate_corpus
+    import mmrad.corpus.format as corpus_io
+    from mmrad.evaluation.corpus import evaluate_corpus
 
     load = corpus_io.load_corpus
 

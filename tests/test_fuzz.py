@@ -22,13 +22,13 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
 
-from mmrad.data.dicom import read_dicom, write_dicom
-from mmrad.data.images import load_image
-from mmrad.data.labeler import ReportLabeler
-from mmrad.data.png import read_png, write_png
-from mmrad.data.privacy import deidentify_text
-from mmrad.data.reports import parse_report
 from mmrad.errors import MMRadImageError
+from mmrad.io.dicom import read_dicom, write_dicom
+from mmrad.io.images import load_image
+from mmrad.io.png import read_png, write_png
+from mmrad.privacy.deid import deidentify_text
+from mmrad.reports.labeler import ReportLabeler
+from mmrad.reports.sections import parse_report
 
 EXAMPLES = int(os.environ.get("MMRAD_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from mmrad.cli import main
-from mmrad.data.inputs import model_input
-from mmrad.grounding import ground, ground_report, overlay, report_phrases, to_image_space
+from mmrad.inference.grounding import ground, ground_report, overlay, report_phrases, to_image_space
+from mmrad.processing.inputs import model_input
 
 
 def hot_grid(h: int, w: int, row: int, col: int) -> torch.Tensor:
@@ -19,7 +19,7 @@ def hot_grid(h: int, w: int, row: int, col: int) -> torch.Tensor:
 @pytest.mark.parametrize("mode", ["pad", "crop", "squash"])
 @pytest.mark.parametrize("shape", [(60, 40), (40, 60), (50, 50)])
 def test_a_hot_patch_lands_on_its_image_region(mode, shape):
-    from mmrad.config import PreprocessConfig
+    from mmrad.config.schema import PreprocessConfig
 
     pre = PreprocessConfig(image_size=32, mean=[0.5] * 3, std=[0.25] * 3, resize=mode)
     image = np.zeros(shape, dtype=np.float32)
@@ -94,7 +94,7 @@ def test_ground_cli_writes_maps_at_image_resolution(tiny_model, tmp_path):
 
 def test_real_nih_image_maps_align_with_a_synthetic_box(tiny_model, shared_data):
     """A 1024 x 1024 NIH image: a hot patch maps back inside the box it covers (alignment, not accuracy)."""
-    from mmrad.data.images import load_image
+    from mmrad.io.images import load_image
 
     path = sorted((shared_data / "nih_sample" / "images").glob("*.png"))[0]
     image, _ = load_image(path)

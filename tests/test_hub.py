@@ -5,9 +5,9 @@ import re
 import pytest
 import yaml
 
-from mmrad.cards import build_card, write_card
 from mmrad.errors import MMRadError
-from mmrad.hub import prepare_upload, push, scan_for_phi
+from mmrad.hub.cards import build_card, write_card
+from mmrad.hub.push import prepare_upload, push, scan_for_phi
 
 METRICS = {
     "split": "test",

@@ -3,8 +3,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from mmrad.data.images import load_image, resize_longest
 from mmrad.errors import MMRadImageError
+from mmrad.io.images import load_image, resize_longest
 
 
 def test_16_bit_png_keeps_full_depth(tmp_path):

@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from mmrad.data.labeler import Evidence, LabelResult, ReportLabeler
-from mmrad.labels import CHEXPERT_14, NIH_14
+from mmrad.config.labels import CHEXPERT_14, NIH_14
+from mmrad.reports.labeler import Evidence, LabelResult, ReportLabeler
 
 N = float("nan")
 
@@ -271,7 +271,7 @@ def test_label_many_in_order_and_with_workers(nih):
 
 
 def test_label_iter_yields_in_order_and_can_stop_early(nih):
-    from mmrad.data import labeler as labeler_mod
+    from mmrad.reports import labeler as labeler_mod
 
     texts = ["No effusion.", "Small effusion.", None, "Possible effusion.", ""] * 40
     expected = [r.as_array() for r in nih.label_many(texts)]

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from mmrad.cli import main
-from mmrad.data.label_files import LabelFileError, label_file
-from mmrad.labels import NIH_14
+from mmrad.config.labels import NIH_14
+from mmrad.reports.label_files import LabelFileError, label_file
 
 ROWS = [
     {"uid": "a1", "findings": "Small left pleural effusion. No pneumothorax.", "impression": "Possible pneumonia."},

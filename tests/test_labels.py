@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from mmrad.config import ConfigError, LabelsConfig
-from mmrad.labels import (
+from mmrad.config.labels import (
     CHEXPERT_14,
     NIH_14,
     apply_uncertainty,
@@ -11,6 +10,7 @@ from mmrad.labels import (
     load_vocabulary,
     uncertainty_policies,
 )
+from mmrad.config.schema import ConfigError, LabelsConfig
 
 
 def test_shipped_vocabularies_have_the_exact_names():

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from mmrad.config import ConfigError, LoraSettings
+from mmrad.config.schema import ConfigError, LoraSettings
 from mmrad.models import CheckpointError, MMRadModel, apply_lora, is_tower_parameter, merge_lora, trainable_summary
 from mmrad.models.lora import adapter_state_dict
 from tests.test_modeling import make_batch

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmrad.labels import apply_uncertainty
+from mmrad.config.labels import apply_uncertainty
 from mmrad.models.losses import (
     classification_loss,
     contrastive_loss,

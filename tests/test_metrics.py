@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from mmrad.metrics import load_metric
-from mmrad.metrics.functional import (
+from mmrad.evaluation.metrics import load_metric
+from mmrad.evaluation.metrics.functional import (
     auroc,
     average_precision,
     contrast_to_noise,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmrad.config import ConfigError, LabelsConfig, MMRadConfig
+from mmrad.config.schema import ConfigError, LabelsConfig, MMRadConfig
 from mmrad.models import CheckpointError, MMRadModel, MMRadOutput, is_tower_parameter
 from tests.test_towers import VISION_CFGS, tower_config
 
@@ -292,7 +292,7 @@ def test_global_term_adds_the_image_query_cosine_to_every_logit(tiny_config, tmp
     model.save_pretrained(tmp_path / "m")
     again = MMRadModel.from_pretrained(tmp_path / "m")
     torch.testing.assert_close(again(**batch).logits, out.logits)
-    from mmrad.zeroshot import ZeroShotClassifier
+    from mmrad.inference.zeroshot import ZeroShotClassifier
 
     zs = ZeroShotClassifier(model.eval(), "fusion")
     assert zs.feature_kinds == ("patches", "image")

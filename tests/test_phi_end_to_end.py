@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from mmrad.cli import main
-from mmrad.data.corpus_io import load_corpus
-from mmrad.data.dicom import write_dicom
-from mmrad.data.privacy import hash_identifier
-from mmrad.data.splits import SPLIT_NAMES
+from mmrad.corpus.format import load_corpus
+from mmrad.corpus.splits import SPLIT_NAMES
+from mmrad.io.dicom import write_dicom
+from mmrad.privacy.deid import hash_identifier
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("single_thread")

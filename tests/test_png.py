@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmrad.data.imagecache import encode_png
-from mmrad.data.png import read_png, write_png
-from mmrad.data.transforms import to_float_array
+from mmrad.corpus.cache import encode_png
+from mmrad.io.png import read_png, write_png
+from mmrad.processing.transforms import to_float_array
 
 
 @pytest.mark.parametrize(("dtype", "shape"), [(np.uint16, (37, 23)), (np.uint8, (37, 23)), (np.uint8, (19, 11, 3))])

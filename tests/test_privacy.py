@@ -1,6 +1,6 @@
 import pytest
 
-from mmrad.data.privacy import deidentify_text, hash_identifier
+from mmrad.privacy.deid import deidentify_text, hash_identifier
 
 REPORT = """PATIENT: Doe, Jane  MRN: 12345678
 DOB: 01/02/1950   Accession #: A99887766

@@ -6,7 +6,7 @@ import weakref
 import pytest
 import torch
 
-from mmrad.config import LoraSettings
+from mmrad.config.schema import LoraSettings
 from mmrad.models import MMRadModel, apply_lora
 from mmrad.models.recompute import is_activation
 from tests.test_lora import perturb_adapters

@@ -22,12 +22,12 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless, RLELossless
 
 from mmrad.cli import main
-from mmrad.data.corpus_io import REJECTS_FILE, load_corpus
-from mmrad.data.dicom import write_dicom
-from mmrad.data.images import load_image, resize_longest
-from mmrad.data.manifest import parse_label
-from mmrad.data.privacy import deidentify_text, hash_identifier
-from mmrad.data.splits import SPLIT_NAMES
+from mmrad.corpus.format import REJECTS_FILE, load_corpus
+from mmrad.corpus.manifest import parse_label
+from mmrad.corpus.splits import SPLIT_NAMES
+from mmrad.io.dicom import write_dicom
+from mmrad.io.images import load_image, resize_longest
+from mmrad.privacy.deid import deidentify_text, hash_identifier
 
 IMAGE_SIZE = 64
 REPORT = "FINDINGS: Heart size is normal. No pleural effusion.\nIMPRESSION: No acute cardiopulmonary process."

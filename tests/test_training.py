@@ -130,7 +130,7 @@ def test_frozen_text_tower_features_are_cached_with_the_same_losses(tiny_experim
     ],
 )
 def test_shipped_configs_load_and_name_their_weights(config, pretrained):
-    from mmrad.config import load_config
+    from mmrad.config.schema import load_config
     from mmrad.training.loop import _names_pretrained_weights
     from tests.conftest import REPO
 
@@ -141,7 +141,7 @@ def test_shipped_configs_load_and_name_their_weights(config, pretrained):
 @pytest.mark.slow
 def test_biomedclip_from_the_hub_builds_and_runs():
     """Needs the network (--runslow): the real-scale config loads BiomedCLIP's towers through from_towers."""
-    from mmrad.config import load_config
+    from mmrad.config.schema import load_config
     from mmrad.training.loop import build_model
     from tests.conftest import REPO
 
@@ -174,7 +174,7 @@ def test_loaders_prepare_batches_in_background_workers_by_default(tiny_experimen
 def test_grounding_loss_trains_the_attention_on_the_corpus_masks(tiny_experiment, tmp_path):
     """``model.loss.grounding > 0``: the training batches carry the masks (warped with the images), the step has a
     ``grounding`` term that reaches the decoder, and a run trains; a corpus without masks or boxes is refused."""
-    from mmrad.data.corpus_io import load_corpus
+    from mmrad.corpus.format import load_corpus
     from mmrad.errors import MMRadError
     from mmrad.training.data import build_dataloaders
 
@@ -213,7 +213,7 @@ def test_epochs_set_the_number_of_steps(tiny_experiment, tmp_path):
     cfg.train.epochs = 2
     train(cfg, tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-    from mmrad.data.corpus_io import load_corpus
+    from mmrad.corpus.format import load_corpus
 
     rows = len(load_corpus(cfg.data.corpus)[0]["train"])
     per_epoch = rows // cfg.data.batch_size  # the short last batch is dropped when there are two or more

@@ -77,7 +77,7 @@ def test_pickle_is_only_named_for_its_error_class():
 
 
 def test_trust_remote_code_is_never_switched_on_by_mmrad():
-    from mmrad.config import TextConfig, load_config
+    from mmrad.config.schema import TextConfig, load_config
 
     for path, tree in _sources():
         for node, _ in _calls(tree):

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from mmrad.cli import main
-from mmrad.feature_cache import TextEmbeddingCache
-from mmrad.prompts import load_prompt_bank
-from mmrad.zeroshot import ZeroShotClassifier, query_prompts, run_zero_shot
+from mmrad.inference.feature_cache import TextEmbeddingCache
+from mmrad.inference.prompts import load_prompt_bank
+from mmrad.inference.zeroshot import ZeroShotClassifier, query_prompts, run_zero_shot
 
 
 def test_query_prompts_bank_templates_and_negated_queries():
@@ -53,7 +53,7 @@ def test_scorers(tiny_model, batch):
 
 
 def _one_phrase_bank():
-    from mmrad.prompts import prompt_bank_from_dict
+    from mmrad.inference.prompts import prompt_bank_from_dict
 
     return prompt_bank_from_dict(
         {"findings": {"Pleural Effusion": {"templates": False, "positive": ["pleural effusion"], "negative": ["x"]}}}

@@ -39,7 +39,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_ingest(args: argparse.Namespace) -> int:
-    from mmrad.data.corpus import ingest
+    from mmrad.corpus.ingest import ingest
 
     summary = ingest(
         args.manifest,
@@ -110,7 +110,7 @@ def _add_label(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_label(args: argparse.Namespace) -> int:
-    from mmrad.data.label_files import label_file
+    from mmrad.reports.label_files import label_file
 
     summary = label_file(
         args.input,

@@ -41,9 +41,9 @@ def _add_zero_shot(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_zero_shot(args: argparse.Namespace) -> int:
+    from mmrad.inference.zeroshot import run_zero_shot, write_results_csv
     from mmrad.models.modeling import MMRadModel
     from mmrad.processes import process_state
-    from mmrad.zeroshot import run_zero_shot, write_results_csv
 
     # under `accelerate launch` each process scores a share; rank 0 writes and prints
     state = process_state()
@@ -92,7 +92,7 @@ def _add_ground(sub: argparse._SubParsersAction) -> None:
 def _run_ground(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mmrad.grounding import write_grounding
+    from mmrad.inference.grounding import write_grounding
     from mmrad.models.modeling import MMRadModel
 
     report = None

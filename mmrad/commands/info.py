@@ -32,7 +32,7 @@ def _run_info(args: argparse.Namespace) -> int:
         except PackageNotFoundError:
             print(f"  {name:<20} not installed")
 
-    from mmrad.data.dicom import decodable_transfer_syntaxes
+    from mmrad.io.dicom import decodable_transfer_syntaxes
 
     print("\nDICOM transfer syntaxes:")
     for name, ok in decodable_transfer_syntaxes().items():

@@ -33,7 +33,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from mmrad.config import load_config
+    from mmrad.config.schema import load_config
     from mmrad.training.loop import train
 
     overrides = list(args.overrides) + ([f"data.corpus={args.corpus}"] if args.corpus else [])
@@ -60,7 +60,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from mmrad.evaluation import evaluate_corpus
+    from mmrad.evaluation.corpus import evaluate_corpus
 
     metrics = evaluate_corpus(
         args.model,
@@ -140,7 +140,7 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    from mmrad.hub import push
+    from mmrad.hub.push import push
 
     where = push(
         args.model, args.repo_id, public=args.public, adapter_only=args.adapter_only, base_model=args.base_model,

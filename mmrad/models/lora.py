@@ -25,7 +25,7 @@ import logging
 import torch
 from torch import nn
 
-from mmrad.config import ConfigError, LoraSettings
+from mmrad.config.schema import ConfigError, LoraSettings
 
 logger = logging.getLogger(__name__)
 

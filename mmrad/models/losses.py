@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from mmrad.config import UNCERTAINTY_POLICIES
+from mmrad.config.schema import UNCERTAINTY_POLICIES
 
 # GLoRIA's aggregation sharpness (gamma_2) and score scale (gamma_3)
 LOCAL_AGGREGATION = 5.0
@@ -135,7 +135,7 @@ def total_loss(terms: dict[str, torch.Tensor], weights, uses: dict[str, torch.Te
 
 def uncertainty_targets(labels: torch.Tensor, policies: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels (B, K) in {1, 0, -1, NaN} -> (targets in {0, 1}, bool mask of entries that count); the torch twin of
-    :func:`mmrad.labels.apply_uncertainty`."""
+    :func:`mmrad.config.labels.apply_uncertainty`."""
     if labels.shape[-1] != len(policies):
         raise ValueError(f"labels have {labels.shape[-1]} columns but the model has {len(policies)} findings")
     unknown = sorted(set(policies) - set(UNCERTAINTY_POLICIES))

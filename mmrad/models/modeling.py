@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrad.config import ConfigError, MMRadConfig
+from mmrad.config.schema import ConfigError, MMRadConfig
 from mmrad.models.fusion import QueryDecoder, attention_maps
 from mmrad.models.losses import (
     classification_loss,

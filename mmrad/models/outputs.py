@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
-from mmrad.config import LabelsConfig
+from mmrad.config.schema import LabelsConfig
 
 
 @dataclass
@@ -43,7 +43,7 @@ class MMRadOutput(ModelOutput):
 def resolve_labels(cfg: LabelsConfig) -> tuple[list[str], list[str], list[str]]:
     """``(names, descriptions, policies)``. A config whose names all have descriptions (as saved models have) needs
     no vocabulary file, so a saved model loads on a machine without the user's vocabulary YAML."""
-    from mmrad.labels import label_descriptions, label_names, uncertainty_policies
+    from mmrad.config.labels import label_descriptions, label_names, uncertainty_policies
 
     if cfg.names and all(n in cfg.descriptions for n in cfg.names):
         names, descriptions = list(cfg.names), [cfg.descriptions[n] for n in cfg.names]

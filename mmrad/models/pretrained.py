@@ -21,7 +21,7 @@ from open_clip.hf_model import HFTextEncoder
 from open_clip.model import _build_text_tower
 from torch import nn
 
-from mmrad.config import ConfigError, MMRadConfig, TextConfig, VisionConfig
+from mmrad.config.schema import ConfigError, MMRadConfig, TextConfig, VisionConfig
 from mmrad.errors import UnsafeFileError
 from mmrad.models.sources import (
     VISION_SOURCES,

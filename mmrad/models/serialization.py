@@ -2,10 +2,10 @@
 
 A folder holds:
 
-* ``config.json`` — the complete :class:`~mmrad.config.MMRadConfig` (the open_clip ``model_cfg`` dict, the Hugging Face
-  text config dict, preprocessing, frozen label names and descriptions) at the top level, plus ``model_type``,
-  ``mmrad_version``, ``label_names``, ``lora`` (the LoRA settings when adapters are in the weights), ``adapter_only``
-  and ``base_model``. Everything needed to rebuild the model offline.
+* ``config.json`` — the complete :class:`~mmrad.config.schema.MMRadConfig` (the open_clip ``model_cfg`` dict, the
+  Hugging Face text config dict, preprocessing, frozen label names and descriptions) at the top level, plus
+  ``model_type``, ``mmrad_version``, ``label_names``, ``lora`` (the LoRA settings when adapters are in the weights),
+  ``adapter_only`` and ``base_model``. Everything needed to rebuild the model offline.
 * ``model.safetensors`` — every weight; or, for ``adapter_only``, ``adapter_model.safetensors`` with the LoRA weights,
   the new modules and the towers' buffers only. Loading an adapter-only folder first loads the base towers, from
   ``base_model`` (an mmrad folder or Hub repo) or from the config's tower sources (``MMRadModel.from_towers``).
@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmrad import __version__
-from mmrad.config import LoraSettings, MMRadConfig
+from mmrad.config.schema import LoraSettings, MMRadConfig
 from mmrad.errors import MMRadError, staging_folder
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def save_model(model, save_directory: str | Path, *, adapter_only: bool = False,
     }
     state = adapter_state_dict(model) if adapter_only else model.state_dict()
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    from mmrad.cards import DATA_SUMMARY_NAME, METRICS_NAME, read_json, write_card
+    from mmrad.hub.cards import DATA_SUMMARY_NAME, METRICS_NAME, read_json, write_card
 
     # everything is written into a hidden sibling first: a full disk or a crash leaves `out` as it was
     with staging_folder(out) as staging:
@@ -115,7 +115,7 @@ def write_prompt_bank(model, out: Path) -> Path:
     the finding, else the finding's description), used by default when this model scores free text."""
     import yaml
 
-    from mmrad.prompts import load_prompt_bank
+    from mmrad.inference.prompts import load_prompt_bank
 
     shipped = load_prompt_bank("chexpert")
     findings = {}

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmrad.config import ConfigError
+from mmrad.config.schema import ConfigError
 
 logger = logging.getLogger(__name__)
 

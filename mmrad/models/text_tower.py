@@ -19,7 +19,7 @@ from open_clip.hf_model import ClsPooler, HFTextEncoder
 from open_clip.model import _build_text_tower
 from torch import nn
 
-from mmrad.config import ConfigError, TextConfig
+from mmrad.config.schema import ConfigError, TextConfig
 from mmrad.models.sources import resolve_text_name
 from mmrad.models.tokenizer import OpenCLIPTokenizer, load_tokenizer
 

@@ -1,6 +1,6 @@
 """Tokenizers that travel with the text tower.
 
-* ``"mmrad:radiology_wordpiece"`` names the tiny WordPiece tokenizer shipped in ``mmrad/assets/tokenizers/`` (used by
+* ``"mmrad:radiology_wordpiece"`` names the tiny WordPiece tokenizer shipped in ``mmrad/models/tokenizers/`` (used by
   the tiny towers of tests and the demo). Its vocabulary is built deterministically by :func:`build_wordpiece` from a
   hand-written radiology word list plus single characters, so any text is tokenizable, and the built file is
   committed rather than trained (WordPiece training is not deterministic).
@@ -22,7 +22,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "tokenizers"
+ASSET_DIR = Path(__file__).resolve().parent / "tokenizers"
 BUILTIN_PREFIX = "mmrad:"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CHARACTERS = string.ascii_lowercase + string.digits + string.punctuation

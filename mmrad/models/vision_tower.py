@@ -23,7 +23,7 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mmrad.config import ConfigError, VisionConfig
+from mmrad.config.schema import ConfigError, VisionConfig
 from mmrad.models.sources import VISION_SOURCES, resolve_source
 
 

@@ -158,9 +158,9 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
     """The training and evaluation loaders for ``cfg.data.corpus`` and ``model`` (not yet prepared by Accelerate);
     the evaluation loader is None when the split is empty. With a frozen text tower and a loss that reads the
     reports, their features are computed once here."""
-    from mmrad.data.collate import MMRadCollator
-    from mmrad.data.corpus_io import annotation_kind, load_corpus
+    from mmrad.corpus.format import annotation_kind, load_corpus
     from mmrad.errors import MMRadError
+    from mmrad.processing.collate import MMRadCollator
 
     if splits is None:
         if not cfg.data.corpus:

@@ -25,8 +25,9 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 
-from mmrad.config import ExperimentConfig
+from mmrad.config.schema import ExperimentConfig
 from mmrad.errors import MMRadError, ensure_writable_dir
+from mmrad.evaluation.predict import predict, prediction_metrics, write_json_atomic
 from mmrad.training.checkpoints import (
     latest_checkpoint,
     read_trainer_state,
@@ -34,7 +35,6 @@ from mmrad.training.checkpoints import (
     save_checkpoint,
 )
 from mmrad.training.data import build_dataloaders, losses_read_reports
-from mmrad.training.evaluation import predict, prediction_metrics, write_json_atomic
 from mmrad.training.schedule import param_groups, warmup_cosine
 
 logger = get_logger(__name__)

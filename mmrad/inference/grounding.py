@@ -1,0 +1,231 @@
+"""Grounding: where in the image a phrase is, as a heatmap at the image's own resolution.
+
+Two methods:
+
+- ``attention``: the phrase is a query of the cross-attention decoder; its attention over the patch tokens (heads
+  averaged; the last layer, or the mean of the last k) is the map.
+- ``cosine`` (after BioViL): the parameter-free cosine between each projected patch token and the phrase embedding.
+
+A map lives on the model's patch grid, over the square model input. It is smoothed and resampled through the
+inverse of the image -> input transform (resize, pad or crop), so it lines up with the original pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmrad.errors import MMRadError
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("attention", "cosine")
+
+
+@dataclass
+class Heatmap:
+    phrase: str
+    map: np.ndarray  # (H, W) float32 at the image's resolution, in [0, 1] (min-max over the image)
+    score: float  # the phrase's presence probability (decoder) for "attention"; the max cosine for "cosine"
+    method: str
+    finding: str | None = None  # the finding a report sentence was evidence for (report grounding)
+
+
+def grid_maps(model, pixel_values: torch.Tensor, phrases: list[str], method: str = "attention", last_k=None):
+    """Patch-grid maps for a batch: ``(maps (B, Q, h, w), scores (B, Q))``."""
+    if method not in METHODS:
+        raise MMRadError(f"method must be one of {METHODS}, got {method!r}")
+    queries = model.embed_texts(phrases)
+    image, memory, grid = model.encode_vision(pixel_values)
+    if method == "attention":
+        logits, attentions = model.decode(memory, queries, image)
+        return model.attention_maps(attentions, grid, last_k), torch.sigmoid(logits)
+    maps = cosine_maps(memory, queries, grid)
+    return maps, maps.flatten(-2).amax(dim=-1)
+
+
+def cosine_maps(patch_embeds: torch.Tensor, query_embeds: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, Q, h, w) cosine between each projected patch token (B, N, P) and each query embedding (Q, P)."""
+    patches = F.normalize(patch_embeds, dim=-1)
+    return torch.einsum("bnp,qp->bqn", patches, query_embeds).unflatten(-1, grid)
+
+
+def to_image_space(
+    grid_map: torch.Tensor, matrix: np.ndarray, size: tuple[int, int], input_size: int, smooth: float = 0.5
+) -> np.ndarray:
+    """Resample a (h, w) patch-grid map onto the original image.
+
+    Args:
+        grid_map: (h, w) map over the square model input.
+        matrix: 3x3 from image pixels to input pixels (the collator's fit).
+        size: (H, W) of the original image.
+        input_size: the model input's side S.
+        smooth: Gaussian sigma in patches applied on the input (0 = bilinear only).
+
+    Returns:
+        (H, W) float32 map, min-max normalised to [0, 1] (zeros if constant).
+    """
+    h, w = grid_map.shape
+    m = grid_map[None, None].float()
+    # upsample to the input's pixels (bilinear over patch centres), then blur by `smooth` patches
+    m = F.interpolate(m, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    if smooth > 0:
+        m = _gaussian_blur(m, sigma=smooth * input_size / max(h, w))
+    height, width = size
+    # centres of the original pixels, mapped into input pixels, as grid_sample's normalised coordinates
+    ys, xs = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    points = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)])
+    u, v = (matrix @ points)[:2]
+    coords = np.stack([2 * u / input_size - 1, 2 * v / input_size - 1], axis=-1).reshape(1, height, width, 2)
+    sampled = F.grid_sample(m, torch.as_tensor(coords, dtype=m.dtype), mode="bilinear", padding_mode="border",
+                            align_corners=False)[0, 0].numpy()  # fmt: skip
+    lo, hi = float(sampled.min()), float(sampled.max())
+    return ((sampled - lo) / (hi - lo) if hi > lo else np.zeros_like(sampled)).astype(np.float32)
+
+
+def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    padded = F.pad(image, (radius, radius, radius, radius), mode="replicate")
+    out = F.conv2d(padded, kernel.view(1, 1, 1, -1))
+    return F.conv2d(out, kernel.view(1, 1, -1, 1))
+
+
+@torch.inference_mode()
+def ground(model, image, phrases: list[str], *, method: str = "attention", last_k: int | None = None,
+           smooth: float = 0.5) -> list[Heatmap]:  # fmt: skip
+    """Heatmaps of ``phrases`` on one image.
+
+    Args:
+        model: a trained :class:`~mmrad.models.modeling.MMRadModel`.
+        image: a file path (DICOM/PNG/JPEG) or a float array in [0, 1] ((H, W) or (H, W, 3)).
+        phrases: the texts to locate.
+        method: ``"attention"`` (decoder cross-attention) or ``"cosine"`` (patch-token cosine, BioViL).
+        last_k: average the last k decoder layers' attention (default: the model's ``fusion.attention_layers``).
+        smooth: Gaussian sigma in patches.
+
+    Returns:
+        One :class:`Heatmap` per phrase, at the image's resolution.
+    """
+    from mmrad.processing.inputs import model_input
+
+    if not phrases:
+        raise MMRadError("give at least one phrase to ground")
+    if not isinstance(image, np.ndarray):
+        from mmrad.io.images import load_image
+
+        pre = model.config.preprocess
+        image = load_image(image, window=pre.window, invert_monochrome1=pre.invert_monochrome1)[0]
+    model.eval()
+    pixels, matrix = model_input(image, model.config.preprocess)
+    maps, scores = grid_maps(model, pixels[None].to(model.device), list(phrases), method, last_k)
+    size = model.config.preprocess.image_size
+    return [
+        Heatmap(
+            p, to_image_space(maps[0, q].cpu(), matrix, image.shape[:2], size, smooth), float(scores[0, q]), method
+        )
+        for q, p in enumerate(phrases)
+    ]
+
+
+def report_phrases(report: str, vocabulary: str = "chexpert") -> list[tuple[str, str]]:
+    """``(finding, sentence)`` for every sentence the labeler took as evidence of a positive or uncertain finding."""
+    from mmrad.reports.labeler import ReportLabeler
+
+    result = ReportLabeler(vocabulary).label(report)
+    out = []
+    for finding, evidence in result.evidence.items():
+        if result.labels.get(finding) not in (1.0, -1.0):
+            continue
+        for ev in evidence:
+            if ev.value in (1.0, -1.0) and (finding, ev.sentence) not in out:
+                out.append((finding, ev.sentence))
+    return out
+
+
+def ground_report(model, image, report: str, *, vocabulary: str = "chexpert", **kwargs) -> list[Heatmap]:
+    """A map per evidence sentence of each positive or uncertain finding of ``report``."""
+    pairs = report_phrases(report, vocabulary)
+    if not pairs:
+        logger.warning("the report names no positive or uncertain finding: nothing to ground")
+        return []
+    maps = ground(model, image, [sentence for _, sentence in pairs], **kwargs)
+    for heatmap, (finding, _) in zip(maps, pairs, strict=True):
+        heatmap.finding = finding
+    return maps
+
+
+def overlay(image: np.ndarray, heatmap: Heatmap, *, alpha: float = 0.45, cmap: str = "jet", outline=None):
+    """The heatmap in colour over the grey image, with a colour bar and the phrase as title (a PIL image).
+    ``outline``: a boolean mask of the image's size (e.g. the true finding) drawn as a white contour."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    grey = image if image.ndim == 2 else image.mean(-1)
+    height, width = grey.shape
+    scale = 6.0 / max(height, width)
+    fig, ax = plt.subplots(figsize=(width * scale + 1.2, height * scale + 0.6), dpi=100)
+    ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
+    shown = ax.imshow(heatmap.map, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    if outline is not None and np.asarray(outline).any():
+        ax.contour(np.asarray(outline, dtype=float), levels=[0.5], colors="white", linewidths=1.2)
+    title = heatmap.phrase if len(heatmap.phrase) <= 70 else heatmap.phrase[:67] + "..."
+    ax.set_title(f"{title}  ({heatmap.method}, score {heatmap.score:.2f})", fontsize=9)
+    ax.axis("off")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def write_grounding(model, images: list[str | Path], out_dir: str | Path, *, phrases: list[str] | None = None,
+                    report: str | None = None, method: str = "attention", vocabulary: str = "chexpert",
+                    last_k: int | None = None, progress: bool = True) -> Path:  # fmt: skip
+    """``mmrad ground``: per image x phrase a float32 ``.npy`` map at the image's resolution and an overlay PNG,
+    listed in ``out_dir/index.json`` (image, phrase, finding, score, map, overlay)."""
+    from tqdm.auto import tqdm
+
+    from mmrad.evaluation.predict import write_json_atomic
+    from mmrad.io.images import load_image
+
+    if (phrases is None) == (report is None):
+        raise MMRadError("give either phrases or a report")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pre = model.config.preprocess
+    index = []
+    for i, path in enumerate(tqdm(images, desc="ground", unit="img", disable=not progress or len(images) < 2)):
+        image = load_image(path, window=pre.window, invert_monochrome1=pre.invert_monochrome1)[0]
+        if report is not None:
+            maps = ground_report(model, image, report, vocabulary=vocabulary, method=method, last_k=last_k)
+        else:
+            maps = ground(model, image, phrases, method=method, last_k=last_k)
+        for q, heatmap in enumerate(maps):
+            stem = f"{i:04d}_{Path(path).stem}_{q:02d}"
+            np.save(out / f"{stem}.npy", heatmap.map)
+            overlay(image, heatmap).save(out / f"{stem}.png")
+            index.append({"image": str(path), "phrase": heatmap.phrase, "finding": heatmap.finding,
+                          "score": heatmap.score, "method": method, "map": f"{stem}.npy", "overlay": f"{stem}.png",
+                          "height": int(heatmap.map.shape[0]), "width": int(heatmap.map.shape[1])})  # fmt: skip
+    write_json_atomic(out / "index.json", {"entries": index})
+    return out / "index.json"
+
+
+def load_index(path: str | Path) -> list[dict]:
+    return json.loads(Path(path).read_text())["entries"]

@@ -1,0 +1,1 @@
+"""The phantom: synthetic chest studies with known lesions, masks and reports, for the demo and the tests."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmrad.config.schema import ExperimentConfig, load_config
-from mmrad.hub.cards import write_card
+from mmrad.models.card import write_card
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def write_examples(model_dir: Path, corpus: Path, out: Path, n: int = 4) -> Path
     import datasets
     import numpy as np
 
-    from mmrad.evaluation.predict import write_json_atomic
+    from mmrad.files import write_json_atomic
     from mmrad.inference.grounding import ground_report, overlay
     from mmrad.models.modeling import MMRadModel
     from mmrad.processing.transforms import to_float_array

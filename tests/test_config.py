@@ -78,6 +78,18 @@ def test_overrides_apply_and_parse_values():
     assert parse_override("lora.towers=['vision']") == (["lora", "towers"], ["vision"])
 
 
+def test_override_values_read_like_the_config_files():
+    """``--set`` values are YAML, as in the files: true/false, 1.0e-4, [a, b], null (and Python's True, None)."""
+    cfg = load_config(TINY, ["lora.enabled=true", "train.lr=1.0e-4", "lora.towers=[vision, text]",
+                             "train.log_with=null", "data.augment=false", "train.tower_lr=2e-5"])  # fmt: skip
+    assert cfg.lora.enabled is True and cfg.lora.towers == ["vision", "text"] and cfg.train.log_with is None
+    assert cfg.train.lr == pytest.approx(1e-4) and cfg.data.augment is False and cfg.train.tower_lr == 2e-5
+    assert load_config(TINY, ["train.log_with=None"]).train.log_with is None
+    assert parse_override("model.labels.descriptions.Effusion='fluid, pleural'")[1] == "fluid, pleural"
+    with pytest.raises(ConfigError, match=r"lora.enabled: expected true/false, got 'maybe'"):
+        load_config(TINY, ["lora.enabled=maybe"])
+
+
 def test_override_without_equals_is_an_error():
     with pytest.raises(ConfigError, match="key.path=value"):
         apply_overrides({}, ["train.lr"])

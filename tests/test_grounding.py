@@ -7,7 +7,7 @@ from PIL import Image
 
 from mmrad.cli import main
 from mmrad.inference.grounding import ground, ground_report, overlay, report_phrases, to_image_space
-from mmrad.processing.inputs import model_input
+from mmrad.inference.inputs import model_input
 
 
 def hot_grid(h: int, w: int, row: int, col: int) -> torch.Tensor:

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from mmrad.errors import MMRadError
-from mmrad.hub.cards import build_card, write_card
 from mmrad.hub.push import prepare_upload, push, scan_for_phi
+from mmrad.models.card import build_card, write_card
 
 METRICS = {
     "split": "test",

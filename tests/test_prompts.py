@@ -1,8 +1,8 @@
 import pytest
 
 from mmrad.config.labels import CHEXPERT_14
+from mmrad.config.prompts import load_prompt_bank, prompt_bank_from_dict
 from mmrad.errors import MMRadError
-from mmrad.inference.prompts import load_prompt_bank, prompt_bank_from_dict
 
 
 def test_shipped_bank_covers_chexpert_and_never_negates_no_finding():

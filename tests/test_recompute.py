@@ -37,7 +37,7 @@ def test_recomputed_activations_give_the_same_gradients(tiny_config, lora, check
     expected = _gradients(model, batch)
     model.set_activation_recompute(True)
     blocks = len(model.vision.visual.transformer.resblocks) + model.text.hf_config.num_hidden_layers
-    assert model._activation_recompute.num_activations == blocks  # one GELU per ViT block and per BERT layer
+    assert model.activation_recompute.num_activations == blocks  # one GELU per ViT block and per BERT layer
     got = _gradients(model, batch)
     assert got.keys() == expected.keys() and len(got) > 0
     for name, grad in got.items():
@@ -76,16 +76,16 @@ def test_a_failed_forward_closes_the_hooks(tiny_model):
     tiny_model.set_activation_recompute(True)
     with pytest.raises(RuntimeError):
         tiny_model(pixel_values=torch.zeros(2, 5, 7, 7))  # wrong channels and size
-    assert tiny_model._activation_recompute._depth == 0 and tiny_model._activation_recompute._outputs is None
+    assert tiny_model.activation_recompute._depth == 0 and tiny_model.activation_recompute._outputs is None
     tiny_model(**make_batch(tiny_model)).loss.backward()  # and the next forward works
 
 
 def test_training_turns_it_on_by_default(tiny_experiment):
     from mmrad.training.loop import build_model
 
-    assert build_model(tiny_experiment)._activation_recompute is not None
+    assert build_model(tiny_experiment).activation_recompute is not None
     tiny_experiment.train.recompute_activations = False
-    assert build_model(tiny_experiment)._activation_recompute is None
+    assert build_model(tiny_experiment).activation_recompute is None
 
 
 def test_under_gradient_checkpointing_nothing_more_is_kept(tiny_model):

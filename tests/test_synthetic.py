@@ -129,8 +129,8 @@ def test_reports_state_findings_with_location_negations_and_uncertainty(phantom)
 
 @pytest.mark.parametrize("family", [PHANTOM_ZERO_SHOT_PROMPTS, PHANTOM_SYNONYM_PROMPTS])
 def test_zero_shot_family_never_appears_in_training_reports_or_queries(phantom, family):
+    from mmrad.config.prompts import prompt_bank_from_dict
     from mmrad.demo import load_config
-    from mmrad.inference.prompts import prompt_bank_from_dict
 
     bank = prompt_bank_from_dict(family)
     assert bank.names == PHANTOM_FINDINGS

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from mmrad.models import MMRadModel
+from mmrad.processes import resolve_mixed_precision
 from mmrad.training.checkpoints import (
     checkpoint_path,
     complete_checkpoints,
     latest_checkpoint,
     remove_partial_checkpoints,
 )
-from mmrad.training.loop import resolve_mixed_precision, train
+from mmrad.training.loop import train
 from mmrad.training.schedule import param_groups, warmup_cosine
 
 
@@ -83,6 +84,41 @@ def test_lora_stage_from_a_saved_base(tiny_experiment, tmp_path):
     model = MMRadModel.from_pretrained(model_dir)  # exported with the adapters merged: a plain model
     assert model.lora_settings is None
     assert not any("lora" in name for name, _ in model.named_parameters())
+
+    # beside it, the same model's adapters unmerged: an adapter-only folder that loads (on its base) to the same
+    # outputs and that `mmrad push --adapter-only` shares
+    adapter = tmp_path / "lora" / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "model.safetensors").exists()
+    unmerged = MMRadModel.from_pretrained(adapter)
+    assert unmerged.lora_settings is not None
+    pixels = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(unmerged.eval().classify(pixels), model.eval().classify(pixels), atol=1e-5, rtol=0)
+    from mmrad.cli import main
+
+    upload = tmp_path / "upload"
+    code = main(["push", str(adapter), "org/tiny-lora", "--adapter-only", "--base-model", "org/tiny-base",
+                 "--dry-run", str(upload)])  # fmt: skip
+    assert code == 0 and (upload / "adapter_model.safetensors").is_file()
+    assert '"base_model": "org/tiny-base"' in (upload / "config.json").read_text()
+
+
+def test_the_card_describes_the_towers_and_the_training_data(tiny_experiment, tmp_path):
+    model_dir = train(tiny_experiment, tmp_path / "run")
+    card = (model_dir / "README.md").read_text()
+    assert "No training data summary" not in card and "images (train" in card
+    assert "open_clip ViT built from its config" in card and "4x4 patches" in card
+    assert "Trained for 6 steps" in card
+    summary = json.loads((model_dir / "data_summary.json").read_text())
+    assert set(summary["corpus"]["prevalence"]) == set(tiny_experiment.model.labels.names)
+    from mmrad.models.card import build_card
+
+    resnet = MMRadModel.from_pretrained(model_dir).config  # the same folder, described as a ResNet
+    resnet.vision.model_cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1],
+                                                                "width": 8, "head_width": 8}}  # fmt: skip
+    (model_dir / "config.json").write_text(
+        json.dumps({**json.loads((model_dir / "config.json").read_text()), "vision": resnet.vision.__dict__})
+    )
+    assert "ModifiedResNet built from its config: [1, 1, 1, 1] blocks per stage" in str(build_card(model_dir))
 
 
 def test_partial_checkpoints_are_never_resumed(tmp_path):

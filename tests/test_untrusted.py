@@ -15,8 +15,8 @@ import torch
 from mmrad.cli import main
 from mmrad.errors import UnsafeFileError
 from mmrad.models import MMRadModel
+from mmrad.models.folder import CheckpointError
 from mmrad.models.pretrained import check_tensor_file
-from mmrad.models.serialization import CheckpointError
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("single_thread")

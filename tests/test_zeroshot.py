@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from mmrad.cli import main
+from mmrad.config.prompts import load_prompt_bank
 from mmrad.inference.feature_cache import TextEmbeddingCache
-from mmrad.inference.prompts import load_prompt_bank
 from mmrad.inference.zeroshot import ZeroShotClassifier, query_prompts, run_zero_shot
 
 
@@ -53,7 +53,7 @@ def test_scorers(tiny_model, batch):
 
 
 def _one_phrase_bank():
-    from mmrad.inference.prompts import prompt_bank_from_dict
+    from mmrad.config.prompts import prompt_bank_from_dict
 
     return prompt_bank_from_dict(
         {"findings": {"Pleural Effusion": {"templates": False, "positive": ["pleural effusion"], "negative": ["x"]}}}

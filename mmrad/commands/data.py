@@ -32,6 +32,17 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         "or a vocabulary (chexpert, nih14, FILE.yaml) to label from reports only",
     )
     p.add_argument("--vocabulary", default="chexpert", help="finding names for --labels manifest|both")
+    p.add_argument(
+        "--window",
+        default="auto",
+        help="DICOM display window: auto (the file's VOI LUT / window), none (the stored bit range), minmax (each "
+        "image's range) or CENTER,WIDTH such as 40,400 (default auto); recorded in the corpus, and models trained "
+        "on it decode new images the same way",
+    )
+    p.add_argument(
+        "--no-invert-monochrome1", dest="invert_monochrome1", action="store_false",
+        help="keep MONOCHROME1 images as stored (default: invert them so that bone is bright)",
+    )  # fmt: skip
     p.add_argument("--keep-report-text", action="store_true", help="store reports as written (no de-identification)")
     p.add_argument("--force", action="store_true", help="rebuild even if OUT already holds this corpus")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -50,6 +61,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
         split=args.split,
         labels=args.labels,
         vocabulary=args.vocabulary,
+        window=args.window,
+        invert_monochrome1=args.invert_monochrome1,
         keep_report_text=args.keep_report_text,
         force=args.force,
         progress=not args.no_progress,

@@ -115,15 +115,28 @@ class PreprocessConfig:
     mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
     std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
     channels: int = 3  # grey images are repeated to this many channels
-    window: str = "auto"  # DICOM VOI policy: "auto" (VOI LUT / window when present), "none", "minmax"
+    # DICOM VOI policy: "auto" (VOI LUT / window when present), "none", "minmax", or "center,width" (e.g. "40,400")
+    window: str = "auto"
     invert_monochrome1: bool = True  # MONOCHROME1 is inverted so bone is bright
     resize: Literal["pad", "crop", "squash"] = "pad"  # how a non-square image meets the square input
+    # the longest side images are decoded to before the fit: the image cache size of the corpus the model was
+    # trained on (set by training), so that inference sees exactly what training saw; None = straight to the fit
+    decode_size: int | None = None
 
     def __post_init__(self):
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ConfigError(f"model.preprocess: mean/std need {self.channels} values")
         if self.window not in ("auto", "none", "minmax"):
-            raise ConfigError(f"model.preprocess.window: {self.window!r} is not one of auto, none, minmax")
+            try:
+                _center, width = (float(v) for v in str(self.window).split(","))
+            except ValueError:
+                width = None
+            if width is None or width <= 0:
+                raise ConfigError(
+                    f"model.preprocess.window: {self.window!r} is not auto, none, minmax or 'center,width' (width > 0)"
+                )
+        if self.decode_size is not None and self.decode_size < 8:
+            raise ConfigError(f"model.preprocess.decode_size must be >= 8 (or null), got {self.decode_size}")
         if self.image_size < 8:
             raise ConfigError(f"model.preprocess.image_size must be >= 8, got {self.image_size}")
 

@@ -7,7 +7,6 @@ unknown keys with an error naming the full key path.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import types
 import typing
@@ -140,16 +139,19 @@ def coerce_nested(obj: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse ``a.b.c=value``: the value through ``ast.literal_eval``, falling back to the raw string."""
+    """Parse ``a.b.c=value``, the value read as a YAML scalar or flow collection, as in the config files: ``true``,
+    ``1.0e-4``, ``[vision, text]``, ``null``, ``'quoted text'``; anything YAML cannot read stays the raw string.
+    Python's ``None`` is accepted as null."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key.path=value")
+    raw = raw.strip()
+    if raw == "None":
+        return key.strip().split("."), None
     try:
-        value = ast.literal_eval(raw.strip())
-    except (ValueError, SyntaxError):
-        value = raw.strip()
-    if isinstance(value, tuple):
-        value = list(value)
+        value = yaml.safe_load(raw) if raw else raw
+    except yaml.YAMLError:
+        value = raw
     return key.strip().split("."), value
 
 

@@ -128,12 +128,23 @@ def encode_png(arr: np.ndarray, bits: int = 8) -> bytes:
     return write_png(np.round(arr * 255.0).astype(np.uint8))
 
 
+def processor_for(opts: DecodeOptions):
+    """The :class:`~mmrad.processing.image_processor.ImageProcessor` whose decoding step the cache stores: a model
+    trained on the corpus records the same window, inversion and decode size, so inference decodes as ingest did."""
+    from mmrad.config.schema import PreprocessConfig
+    from mmrad.processing.image_processor import ImageProcessor
+
+    window = opts.window if isinstance(opts.window, str) else ",".join(f"{v:g}" for v in opts.window)
+    config = PreprocessConfig(window=window, invert_monochrome1=opts.invert_monochrome1, decode_size=opts.image_size)
+    return ImageProcessor(config)
+
+
 def _decode_row(row: int, path: str, masks: dict[str, str], opts: DecodeOptions) -> dict:
     from mmrad.io.images import load_image, resize_longest
 
-    arr, meta = load_image(path, window=opts.window, invert_monochrome1=opts.invert_monochrome1, salt=opts.salt)
-    h0, w0 = arr.shape[:2]
-    small = resize_longest(arr, opts.image_size)
+    decoded = processor_for(opts).decode(path, salt=opts.salt)
+    meta, small = decoded.meta, decoded.pixels
+    h0, w0 = decoded.original_size
     encoded_masks = []
     for label, mask_path in masks.items():
         try:

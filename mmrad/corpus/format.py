@@ -27,7 +27,8 @@ import numpy as np
 
 from mmrad import __version__
 from mmrad.corpus.cache import quiet_datasets
-from mmrad.errors import MMRadError, atomic_file, writing
+from mmrad.errors import MMRadError
+from mmrad.files import atomic_file, writing
 
 CORPUS_VERSION = 1  # bump when the corpus layout changes
 INFO_FILE = "mmrad_corpus.json"
@@ -53,6 +54,9 @@ class CorpusInfo:
     deidentified: bool  # report text went through deidentify_text
     key: str  # hash of everything the corpus was built from
     reports: int | None = None  # rows with report text (None: a corpus written before this was recorded)
+    # the decoding choices of the cached images (ImageProcessor.decode): a model trained on the corpus records them
+    window: str | None = None  # "auto", "none", "minmax" or "center,width" (None: not recorded)
+    invert_monochrome1: bool | None = None
     mmrad_version: str = __version__
     corpus_version: int = CORPUS_VERSION
 

@@ -52,9 +52,10 @@ from mmrad.corpus.format import (
 from mmrad.corpus.manifest import Manifest, ManifestError, ManifestRow, read_manifest
 from mmrad.corpus.rows import join_metadata, kept_rows, load_images, write_metadata
 from mmrad.corpus.splits import SPLIT_NAMES, parse_fractions, patient_split
-from mmrad.errors import writing
+from mmrad.files import writing
 from mmrad.privacy.deid import default_salt, deidentify_text
 from mmrad.processes import launched_processes
+from mmrad.processing.image_processor import parse_window
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,9 @@ def ingest(
         labels: ``"manifest"`` (finding columns only), ``"both"`` (manifest cells where given, the report labeler
             for the rest), or a vocabulary (``"chexpert"``, ``"nih14"``, a YAML file) to label only from reports.
         vocabulary: the findings (label names) for ``"manifest"`` and ``"both"``.
-        window, invert_monochrome1: DICOM display handling, passed to :func:`load_image`.
+        window, invert_monochrome1: DICOM display handling (``"auto"``, ``"none"``, ``"minmax"``, ``"center,width"``
+            or a ``(center, width)`` pair), recorded in the corpus info; a model trained on the corpus decodes new
+            images the same way (:class:`~mmrad.processing.image_processor.ImageProcessor`).
         keep_report_text: store report text as written instead of de-identified (names, IDs, dates removed).
         salt: salt for the patient/study hashes (default: :func:`mmrad.privacy.deid.default_salt`).
         force: rebuild even when the finished corpus matches the input (decoded shards are still reused).
@@ -230,6 +233,8 @@ def ingest(
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     cache = out / CACHE_DIR / "shards"
+    if isinstance(window, str) and window not in ("auto", "none", "minmax"):
+        window = parse_window(window)  # "center,width"
     opts = DecodeOptions(image_size, window if isinstance(window, str) else tuple(window), invert_monochrome1,
                     salt if salt is not None else default_salt())  # fmt: skip
     shards = [Shard([(r.row, r.path, r.masks) for r in table.rows[i : i + SHARD_ROWS]])
@@ -300,6 +305,8 @@ def ingest(
         deidentified=not keep_report_text,
         key=key,
         reports=sum(1 for r in rows if r.report),
+        window=opts.window if isinstance(opts.window, str) else ",".join(f"{v:g}" for v in opts.window),
+        invert_monochrome1=opts.invert_monochrome1,
     )
     rejected = [(r.row, r.path or path_of.get(r.row, ""), r.reason) for r in rejects]
     shard_keys = {s.key for s in shards}

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmrad.errors import atomic_file, ensure_writable_dir, writing
-from mmrad.evaluation.predict import Predictions, paired_embeddings, predict, write_json_atomic
+from mmrad.evaluation.predict import Predictions, paired_embeddings, predict
+from mmrad.files import atomic_file, ensure_writable_dir, write_json_atomic, writing
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def slug(name: str) -> str:
 def _grounding_extra(model, size: int, smooth: float = 0.5):
     """``predict`` hook: per sample, the attention and cosine maps of every finding query at the input's size,
     smoothed as :func:`mmrad.inference.grounding.ground` smooths the maps it returns (Gaussian, ``smooth`` patches)."""
-    from mmrad.inference.grounding import _gaussian_blur, cosine_maps
+    from mmrad.processing.maps import cosine_maps, gaussian_blur
 
     def extra(batch: dict, out) -> dict[str, torch.Tensor]:
         grid = out.grid
@@ -80,7 +80,7 @@ def _grounding_extra(model, size: int, smooth: float = 0.5):
         ]
         if smooth > 0:
             sigma = smooth * size / max(grid)
-            up = [_gaussian_blur(m.flatten(0, 1)[:, None], sigma).view_as(m) for m in up]
+            up = [gaussian_blur(m.flatten(0, 1)[:, None], sigma).view_as(m) for m in up]
         return {
             "attention": up[0],
             "cosine": up[1],
@@ -154,7 +154,7 @@ def evaluate_corpus(
         batch_size: images per forward pass.
         n_bootstrap: resamples for the confidence intervals.
         threshold: F1 decision threshold.
-        zero_shot_prompts: a prompt bank (name, path or :class:`~mmrad.inference.prompts.PromptBank`), or a list of
+        zero_shot_prompts: a prompt bank (name, path or :class:`~mmrad.config.prompts.PromptBank`), or a list of
             them, for the ``zero_shot`` block (the first) and ``zero_shot_more`` (the others); None leaves them out.
         progress: show a progress bar.
     """
@@ -165,8 +165,8 @@ def evaluate_corpus(
     from mmrad.errors import MMRadError
     from mmrad.evaluation.metrics import load_metric
     from mmrad.models.modeling import MMRadModel
+    from mmrad.processes import resolve_mixed_precision
     from mmrad.processing.collate import MMRadCollator
-    from mmrad.training.loop import resolve_mixed_precision
 
     model = MMRadModel.from_pretrained(model_dir).eval()
     splits, info = load_corpus(corpus_dir)
@@ -191,7 +191,7 @@ def evaluate_corpus(
         hooks.append(_grounding_extra(plain, plain.config.preprocess.image_size))
     banks = []  # (tag, bank, findings)
     if zero_shot_prompts is not None:
-        from mmrad.inference.prompts import PromptBank, load_prompt_bank
+        from mmrad.config.prompts import PromptBank, load_prompt_bank
         from mmrad.inference.zeroshot import ZeroShotClassifier
 
         given = zero_shot_prompts if isinstance(zero_shot_prompts, list | tuple) else [zero_shot_prompts]

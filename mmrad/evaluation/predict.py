@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -99,25 +98,3 @@ def paired_embeddings(pred: Predictions) -> tuple[np.ndarray, np.ndarray | None]
         return pred.image_embeds, None
     keep = pred.has_report if pred.has_report is not None else slice(None)
     return pred.image_embeds[keep], pred.text_embeds[keep]
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary file and rename it, so a crash never leaves half a file (NaN -> null)."""
-    import json
-    import math
-
-    def clean(value):
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, np.generic):
-            return clean(value.item())
-        return value
-
-    from mmrad.errors import atomic_file
-
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(clean(data), indent=1))

@@ -1,3 +1,3 @@
-"""Sharing: model cards (:mod:`~mmrad.hub.cards`) and pushing to the Hugging Face Hub with a PHI scan
-(:mod:`~mmrad.hub.push`).
+"""Sharing: pushing a model folder to the Hugging Face Hub, private by default, after a scan for patient identifiers
+(:mod:`~mmrad.hub.push`). The model card is part of the folder and written with it (:mod:`~mmrad.models.card`).
 """

@@ -14,8 +14,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmrad.errors import MMRadError, staging_folder
-from mmrad.hub.cards import DATA_SUMMARY_NAME, METRICS_NAME, read_json, write_card
+from mmrad.errors import MMRadError
+from mmrad.files import staging_folder
+from mmrad.models.card import write_card
+from mmrad.models.folder import DATA_SUMMARY_NAME, METRICS_NAME, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +163,7 @@ def prepare_upload(
         MMRadError: the PHI scan found something (nothing is left behind), or the inputs are inconsistent.
         OutputError: the folder cannot be written (disk full, no permission).
     """
-    from mmrad.models.serialization import read_config
+    from mmrad.models.folder import read_config
 
     src, out = Path(model_dir), Path(folder)
     if out.exists() and any(out.iterdir()):
@@ -178,8 +180,8 @@ def prepare_upload(
 
 def _write_upload(src: Path, folder: Path, repo_id, adapter_only, base_model, metrics_file, known_keys) -> None:
     """Fill ``folder`` with what :func:`prepare_upload` uploads, then scan it for patient identifiers."""
+    from mmrad.models.folder import ADAPTER_WEIGHTS_NAME, CONFIG_NAME, PROMPT_BANK_NAME, WEIGHTS_NAME
     from mmrad.models.modeling import MMRadModel
-    from mmrad.models.serialization import ADAPTER_WEIGHTS_NAME, CONFIG_NAME, PROMPT_BANK_NAME, WEIGHTS_NAME
 
     if adapter_only:
         model = MMRadModel.from_pretrained(src)

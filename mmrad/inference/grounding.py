@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mmrad.errors import MMRadError
+from mmrad.processing.maps import cosine_maps, gaussian_blur, to_image_space  # noqa: F401 (grounding's API)
 
 logger = logging.getLogger(__name__)
 
@@ -51,55 +50,6 @@ def grid_maps(model, pixel_values: torch.Tensor, phrases: list[str], method: str
     return maps, maps.flatten(-2).amax(dim=-1)
 
 
-def cosine_maps(patch_embeds: torch.Tensor, query_embeds: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, Q, h, w) cosine between each projected patch token (B, N, P) and each query embedding (Q, P)."""
-    patches = F.normalize(patch_embeds, dim=-1)
-    return torch.einsum("bnp,qp->bqn", patches, query_embeds).unflatten(-1, grid)
-
-
-def to_image_space(
-    grid_map: torch.Tensor, matrix: np.ndarray, size: tuple[int, int], input_size: int, smooth: float = 0.5
-) -> np.ndarray:
-    """Resample a (h, w) patch-grid map onto the original image.
-
-    Args:
-        grid_map: (h, w) map over the square model input.
-        matrix: 3x3 from image pixels to input pixels (the collator's fit).
-        size: (H, W) of the original image.
-        input_size: the model input's side S.
-        smooth: Gaussian sigma in patches applied on the input (0 = bilinear only).
-
-    Returns:
-        (H, W) float32 map, min-max normalised to [0, 1] (zeros if constant).
-    """
-    h, w = grid_map.shape
-    m = grid_map[None, None].float()
-    # upsample to the input's pixels (bilinear over patch centres), then blur by `smooth` patches
-    m = F.interpolate(m, size=(input_size, input_size), mode="bilinear", align_corners=False)
-    if smooth > 0:
-        m = _gaussian_blur(m, sigma=smooth * input_size / max(h, w))
-    height, width = size
-    # centres of the original pixels, mapped into input pixels, as grid_sample's normalised coordinates
-    ys, xs = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
-    points = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)])
-    u, v = (matrix @ points)[:2]
-    coords = np.stack([2 * u / input_size - 1, 2 * v / input_size - 1], axis=-1).reshape(1, height, width, 2)
-    sampled = F.grid_sample(m, torch.as_tensor(coords, dtype=m.dtype), mode="bilinear", padding_mode="border",
-                            align_corners=False)[0, 0].numpy()  # fmt: skip
-    lo, hi = float(sampled.min()), float(sampled.max())
-    return ((sampled - lo) / (hi - lo) if hi > lo else np.zeros_like(sampled)).astype(np.float32)
-
-
-def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=image.dtype)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    padded = F.pad(image, (radius, radius, radius, radius), mode="replicate")
-    out = F.conv2d(padded, kernel.view(1, 1, 1, -1))
-    return F.conv2d(out, kernel.view(1, 1, -1, 1))
-
-
 @torch.inference_mode()
 def ground(model, image, phrases: list[str], *, method: str = "attention", last_k: int | None = None,
            smooth: float = 0.5) -> list[Heatmap]:  # fmt: skip
@@ -107,7 +57,8 @@ def ground(model, image, phrases: list[str], *, method: str = "attention", last_
 
     Args:
         model: a trained :class:`~mmrad.models.modeling.MMRadModel`.
-        image: a file path (DICOM/PNG/JPEG) or a float array in [0, 1] ((H, W) or (H, W, 3)).
+        image: a file path (DICOM/PNG/JPEG), a float array in [0, 1] ((H, W) or (H, W, 3)), or a
+            :class:`~mmrad.processing.image_processor.DecodedImage`.
         phrases: the texts to locate.
         method: ``"attention"`` (decoder cross-attention) or ``"cosine"`` (patch-token cosine, BioViL).
         last_k: average the last k decoder layers' attention (default: the model's ``fusion.attention_layers``).
@@ -116,23 +67,17 @@ def ground(model, image, phrases: list[str], *, method: str = "attention", last_
     Returns:
         One :class:`Heatmap` per phrase, at the image's resolution.
     """
-    from mmrad.processing.inputs import model_input
+    from mmrad.processing.image_processor import ImageProcessor
 
     if not phrases:
         raise MMRadError("give at least one phrase to ground")
-    if not isinstance(image, np.ndarray):
-        from mmrad.io.images import load_image
-
-        pre = model.config.preprocess
-        image = load_image(image, window=pre.window, invert_monochrome1=pre.invert_monochrome1)[0]
+    processor = ImageProcessor(model.config.preprocess)
+    batch = processor(image)  # the model's decoding choices (window, decode size) for a file or an array
     model.eval()
-    pixels, matrix = model_input(image, model.config.preprocess)
-    maps, scores = grid_maps(model, pixels[None].to(model.device), list(phrases), method, last_k)
-    size = model.config.preprocess.image_size
+    maps, scores = grid_maps(model, batch["pixel_values"].to(model.device), list(phrases), method, last_k)
+    matrix, size = batch["matrices"][0], batch["original_sizes"][0]
     return [
-        Heatmap(
-            p, to_image_space(maps[0, q].cpu(), matrix, image.shape[:2], size, smooth), float(scores[0, q]), method
-        )
+        Heatmap(p, processor.to_original(maps[0, q].cpu(), matrix, size, smooth), float(scores[0, q]), method)
         for q, p in enumerate(phrases)
     ]
 
@@ -201,21 +146,22 @@ def write_grounding(model, images: list[str | Path], out_dir: str | Path, *, phr
     listed in ``out_dir/index.json`` (image, phrase, finding, score, map, overlay)."""
     from tqdm.auto import tqdm
 
-    from mmrad.evaluation.predict import write_json_atomic
-    from mmrad.io.images import load_image
+    from mmrad.files import write_json_atomic
+    from mmrad.processing.image_processor import ImageProcessor
 
     if (phrases is None) == (report is None):
         raise MMRadError("give either phrases or a report")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pre = model.config.preprocess
+    processor = ImageProcessor(model.config.preprocess)
     index = []
     for i, path in enumerate(tqdm(images, desc="ground", unit="img", disable=not progress or len(images) < 2)):
-        image = load_image(path, window=pre.window, invert_monochrome1=pre.invert_monochrome1)[0]
+        decoded = processor.decode(path, keep_original=True)
+        image = decoded.original  # maps come back at the file's resolution and are drawn on it
         if report is not None:
-            maps = ground_report(model, image, report, vocabulary=vocabulary, method=method, last_k=last_k)
+            maps = ground_report(model, decoded, report, vocabulary=vocabulary, method=method, last_k=last_k)
         else:
-            maps = ground(model, image, phrases, method=method, last_k=last_k)
+            maps = ground(model, decoded, phrases, method=method, last_k=last_k)
         for q, heatmap in enumerate(maps):
             stem = f"{i:04d}_{Path(path).stem}_{q:02d}"
             np.save(out / f"{stem}.npy", heatmap.map)

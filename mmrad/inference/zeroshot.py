@@ -8,7 +8,7 @@ Two scorers:
   prompt ensembles; a softmax over the pair gives the probability (``mode="pairwise"``), or a softmax across the
   queries' positive ensembles (``mode="classes"``, for mutually exclusive classes).
 
-Prompts come from a prompt bank (:mod:`mmrad.inference.prompts`): a query that names a finding of the bank uses the
+Prompts come from a prompt bank (:mod:`mmrad.config.prompts`): a query that names a finding of the bank uses the
 bank's phrasings; any other text is wrapped in the bank's templates ("there is {}", "no {}"). A query that is itself a
 negation ("no acute disease") is never templated into "no no acute disease": its negative is the query without the
 negation.
@@ -32,9 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmrad.errors import MMRadError, atomic_file, writing
+from mmrad.config.prompts import FindingPrompts, PromptBank, load_prompt_bank
+from mmrad.errors import MMRadError
+from mmrad.files import atomic_file, writing
 from mmrad.inference.feature_cache import ImageFeatureCache, TextEmbeddingCache
-from mmrad.inference.prompts import FindingPrompts, PromptBank, load_prompt_bank
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +189,8 @@ def run_zero_shot(
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from mmrad.inference.inputs import InferenceImages, collate_inference, collect_inputs
     from mmrad.processes import process_state
-    from mmrad.processing.inputs import InferenceImages, collate_inference, collect_inputs
 
     if not queries:
         raise MMRadError("give at least one query")

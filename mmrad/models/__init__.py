@@ -13,7 +13,7 @@ _EXPORTS = {
     "MMRadModel": "mmrad.models.modeling",
     "MMRadOutput": "mmrad.models.outputs",
     "is_tower_parameter": "mmrad.models.pretrained",
-    "CheckpointError": "mmrad.models.serialization",
+    "CheckpointError": "mmrad.models.folder",
     "adapter_state_dict": "mmrad.models.lora",
     "apply_lora": "mmrad.models.lora",
     "merge_lora": "mmrad.models.lora",
@@ -31,11 +31,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from mmrad.models.folder import CheckpointError
     from mmrad.models.lora import adapter_state_dict, apply_lora, merge_lora, trainable_summary
     from mmrad.models.modeling import MMRadModel
     from mmrad.models.outputs import MMRadOutput
     from mmrad.models.pretrained import is_tower_parameter
-    from mmrad.models.serialization import CheckpointError
 
 
 def __getattr__(name: str):

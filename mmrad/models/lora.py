@@ -130,7 +130,7 @@ def apply_lora(model, settings: LoraSettings):
             param.requires_grad = requires_grad.get(name, True)
         raise
     model.lora_settings = recorded
-    model._query_cache = None
+    model.clear_query_cache()
     return model
 
 
@@ -194,7 +194,7 @@ def merge_lora(model):
         for param in root.parameters():
             param.requires_grad = True
     model.lora_settings = None
-    model._query_cache = None
+    model.clear_query_cache()
     return model
 
 

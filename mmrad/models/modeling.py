@@ -115,7 +115,7 @@ class MMRadModel(nn.Module):
         self.register_buffer("special_token_ids", torch.tensor(special, dtype=torch.long), persistent=False)
 
         self.lora_settings = None
-        self._activation_recompute = None
+        self.activation_recompute = None  # the active ActivationRecompute (set_activation_recompute), or None
         self.name_or_path: str | None = None  # the folder or repo this model was loaded from
         self.towers_from_sources = False  # True when from_towers loaded named pretrained weights
         self._query_cache: tuple[tuple, torch.Tensor] | None = None  # (text tower fingerprint, description features)
@@ -237,6 +237,11 @@ class MMRadModel(nn.Module):
             self.text.train(was_training)
             self._query_cache = (key, pooled)
         return self._query_cache[1]
+
+    def clear_query_cache(self) -> None:
+        """Forget the cached text tower output of the finding descriptions (:meth:`label_queries`); call it after
+        changing the text tower other than through an optimiser step or ``load_state_dict`` (e.g. merging adapters)."""
+        self._query_cache = None
 
     def label_queries(self) -> torch.Tensor:
         """(K, P) query embeddings of the finding descriptions (L2-normalised, like :meth:`encode_text`). The text

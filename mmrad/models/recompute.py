@@ -135,7 +135,7 @@ class ActivationRecompute:
 
 def set_activation_recompute(model, enable: bool) -> None:
     """Recompute the activation outputs of ``model``'s two towers during its forward, or stop (the watcher is kept
-    as ``model._activation_recompute``)."""
-    if model._activation_recompute is not None:
-        model._activation_recompute.remove()
-    model._activation_recompute = ActivationRecompute([model.vision, model.text], owner=model) if enable else None
+    as ``model.activation_recompute``)."""
+    if model.activation_recompute is not None:
+        model.activation_recompute.remove()
+    model.activation_recompute = ActivationRecompute([model.vision, model.text], owner=model) if enable else None

@@ -29,21 +29,24 @@ from safetensors.torch import load_file, save_file
 
 from mmrad import __version__
 from mmrad.config.schema import LoraSettings, MMRadConfig
-from mmrad.errors import MMRadError, staging_folder
+from mmrad.files import staging_folder
+from mmrad.models.card import write_card
+from mmrad.models.folder import (
+    ADAPTER_WEIGHTS_NAME,
+    CONFIG_NAME,
+    DATA_SUMMARY_NAME,
+    METRICS_NAME,
+    MODEL_TYPE,
+    PROMPT_BANK_NAME,
+    TOKENIZER_DIR,
+    WEIGHTS_NAME,
+    CheckpointError,
+    read_config,
+    read_json,
+    resolve_folder,
+)
 
 logger = logging.getLogger(__name__)
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-TOKENIZER_DIR = "tokenizer"
-PROMPT_BANK_NAME = "prompt_bank.yaml"
-MODEL_TYPE = "mmrad"
-META_KEYS = ("model_type", "mmrad_version", "label_names", "lora", "adapter_only", "base_model")
-
-
-class CheckpointError(MMRadError, RuntimeError):
-    """A model folder that cannot be loaded: missing files, or weights that do not match the config."""
 
 
 def save_model(model, save_directory: str | Path, *, adapter_only: bool = False, base_model: str | None = None):
@@ -74,11 +77,10 @@ def save_model(model, save_directory: str | Path, *, adapter_only: bool = False,
         "lora": dataclasses.asdict(model.lora_settings) if model.lora_settings is not None else None,
         "adapter_only": adapter_only,
         "base_model": str(base_model) if adapter_only and base_model is not None else None,
+        "token_grid": list(model.vision.grid()),  # (h, w) patches at the input size, for the card
     }
     state = adapter_state_dict(model) if adapter_only else model.state_dict()
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    from mmrad.hub.cards import DATA_SUMMARY_NAME, METRICS_NAME, read_json, write_card
-
     # everything is written into a hidden sibling first: a full disk or a crash leaves `out` as it was
     with staging_folder(out) as staging:
         with open(staging / CONFIG_NAME, "w", encoding="utf-8") as f:
@@ -115,7 +117,7 @@ def write_prompt_bank(model, out: Path) -> Path:
     the finding, else the finding's description), used by default when this model scores free text."""
     import yaml
 
-    from mmrad.inference.prompts import load_prompt_bank
+    from mmrad.config.prompts import load_prompt_bank
 
     shipped = load_prompt_bank("chexpert")
     findings = {}
@@ -129,52 +131,6 @@ def write_prompt_bank(model, out: Path) -> Path:
     path = out / PROMPT_BANK_NAME
     path.write_text(yaml.safe_dump(bank, sort_keys=False), encoding="utf-8")
     return path
-
-
-def resolve_folder(name_or_path: str | Path, revision: str | None = None) -> Path:
-    """A local folder as is; otherwise a Hub repo id, fetched through the Hugging Face cache (offline: cache only)."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id=str(name_or_path), revision=revision))
-    except Exception as err:  # invalid id, offline without cache, missing repo
-        raise CheckpointError(f"{name_or_path}: not a model folder, and not fetchable from the Hub ({err})") from err
-
-
-def read_config(folder: Path) -> tuple[dict, MMRadConfig]:
-    """``(meta, config)`` from a folder's ``config.json``; a folder written by a newer mmrad is refused."""
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: no {CONFIG_NAME} (not an mmrad model folder)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: not a valid JSON config ({err})") from err
-    if not isinstance(data, dict) or data.get("model_type") != MODEL_TYPE:
-        found = data.get("model_type") if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(f"{path}: model_type is {found!r}, not {MODEL_TYPE!r}")
-    _check_version(path, data.get("mmrad_version"))
-    meta = {k: data.pop(k, None) for k in META_KEYS}
-    return meta, MMRadConfig.from_dict(data)
-
-
-def _check_version(path: Path, written_by) -> None:
-    """A folder from a newer mmrad may hold settings this version would misread: refuse it, naming both versions."""
-    from packaging.version import InvalidVersion, Version
-
-    if written_by is None:
-        return
-    try:
-        newer = Version(str(written_by)) > Version(__version__)
-    except InvalidVersion:
-        raise CheckpointError(f"{path}: unreadable mmrad_version {written_by!r}") from None
-    if newer:
-        raise CheckpointError(
-            f"{path}: written by mmrad {written_by}, newer than this mmrad {__version__}; upgrade mmrad to load it"
-        )
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -232,7 +188,7 @@ def load_model(cls, name_or_path: str | Path, *, revision: str | None = None, tr
         raise CheckpointError(f"{folder}: label_names in {CONFIG_NAME} do not match the config's labels")
     model.config.text.tokenizer = tokenizer_name
     model.name_or_path = str(name_or_path)
-    model._query_cache = None
+    model.clear_query_cache()
     return model.eval()
 
 

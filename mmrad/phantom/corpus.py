@@ -32,6 +32,7 @@ from mmrad.phantom.text import (
     PHANTOM_FINDINGS,
     PHANTOM_SYNONYM_PROMPTS,
     PHANTOM_ZERO_SHOT_PROMPTS,
+    PhantomFinding,
     write_report,
 )
 
@@ -50,15 +51,6 @@ __all__ = [  # the prompt families live in phantom_text; importing them from her
 PHANTOM_LABELS = ["No Finding", *PHANTOM_FINDINGS]  # the ground-truth columns of the phantom manifest
 _SIZES = ["small", "moderate", "large"]
 _LOBES = ["right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe"]
-
-
-@dataclass
-class PhantomFinding:
-    name: str
-    side: str | None = None  # "right", "left", "bilateral" (the patient's side)
-    location: str | None = None  # "upper"/"lower" zone, lobe name, "apical"
-    size: str | None = None  # "small", "moderate", "large", "mild", or "2.5" (cm)
-    certain: bool = True  # False: the report phrases it as uncertain
 
 
 @dataclass

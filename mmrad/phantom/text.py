@@ -9,16 +9,23 @@ the findings drawn (see :mod:`mmrad.phantom.corpus`, which writes the corpus). A
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from mmrad.phantom.corpus import PhantomFinding
+
+@dataclass
+class PhantomFinding:
+    name: str
+    side: str | None = None  # "right", "left", "bilateral" (the patient's side)
+    location: str | None = None  # "upper"/"lower" zone, lobe name, "apical"
+    size: str | None = None  # "small", "moderate", "large", "mild", or "2.5" (cm)
+    certain: bool = True  # False: the report phrases it as uncertain
+
 
 PHANTOM_FINDINGS = ["Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Lung Lesion", "Consolidation"]
 
-# Held-out phrasings for zero-shot checks, in the shape of a prompt bank (mmrad.inference.prompts) with templates
+# Held-out phrasings for zero-shot checks, in the shape of a prompt bank (mmrad.config.prompts) with templates
 # off, so that `prompt_bank_from_dict(PHANTOM_ZERO_SHOT_PROMPTS)` turns it into one. A second template family: sentence
 # frames and modifiers never used in the training reports or queries ("a pneumothorax is seen at the apex", "a rounded
 # pulmonary nodule"), around the findings' clinical terms.

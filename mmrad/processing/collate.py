@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from mmrad.config.schema import PreprocessConfig
+from mmrad.processing.image_processor import ImageProcessor
 from mmrad.processing.transforms import (
     AugmentConfig,
     encoded_images,
     fit_to_square,
-    intensity_jitter,
-    normalize,
     random_affine,
     to_float_array,
     transform_boxes,
@@ -86,6 +85,7 @@ class MMRadCollator:
             raise ValueError("return_masks and boxes_as_masks both fill 'masks': choose one")
         self.tokenizer = tokenizer
         self.preprocess = preprocess
+        self.processor = ImageProcessor(preprocess)  # the fit and normalisation every inference path uses too
         self.label_names = list(label_names)
         corpus_names = list(corpus_label_names) if corpus_label_names is not None else self.label_names
         missing = [n for n in self.label_names if n not in corpus_names]
@@ -151,13 +151,10 @@ class MMRadCollator:
         return self.generator if seed is None else torch.Generator().manual_seed(int(seed))
 
     def _image(self, row: dict, generator: torch.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(1 or C, S, S) float32 in [0, 1] (grey stays one channel until normalisation) and the fit matrix."""
-        arr = to_float_array(row["image"])  # (H, W) or (H, W, 3)
-        if arr.ndim == 3 and self.preprocess.channels != 3:
-            arr = arr.mean(axis=-1)
-        if self.train:  # before the fit, so that padding stays black
-            arr = intensity_jitter(arr, self.augment, generator)
-        return fit_to_square(arr, self.preprocess.image_size, self.preprocess.resize)
+        """(1 or C, S, S) float32 in [0, 1] (grey stays one channel until normalisation) and the matrix from cached
+        pixels to input pixels (boxes and masks are in cached pixels)."""
+        cached = ImageProcessor.cached(row)
+        return self.processor.prepare(cached, jitter=self.augment if self.train else None, generator=generator)
 
     def _masks(self, row: dict) -> tuple[np.ndarray, np.ndarray]:
         size = self.preprocess.image_size
@@ -201,7 +198,7 @@ class MMRadCollator:
                 masks = list(warp(torch.from_numpy(np.stack(masks)), augment, mode="nearest").numpy())
         if self.return_masks and self.mask_size not in (None, size):
             masks = list(F.adaptive_avg_pool2d(torch.from_numpy(np.stack(masks)), self.mask_size).numpy())
-        batch = {"pixel_values": torch.from_numpy(normalize(pixels, self.preprocess.mean, self.preprocess.std))}
+        batch = {"pixel_values": torch.from_numpy(self.processor.normalize(pixels))}
         texts = [self.text(r) for r in rows]
         batch.update(self._tokenize(texts))
         batch["has_report"] = torch.tensor([bool(t) for t in texts])  # rows without a report: no report losses

@@ -15,7 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-from mmrad.errors import writing
+from mmrad.files import writing
 
 logger = logging.getLogger(__name__)
 

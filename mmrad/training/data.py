@@ -62,6 +62,7 @@ class TrainData:
     eval_loader: DataLoader | None
     sampler: EpochSampler
     text_cache: ReportFeatures | None = None  # the frozen text tower's features of every training report
+    summary: dict | None = None  # counts and label prevalences of the training corpus, for the model card
 
 
 class ReportFeatures:
@@ -150,6 +151,31 @@ def turn_off_report_losses(model, corpus) -> None:
     model.logit_scale.requires_grad_(False)
 
 
+def adopt_corpus_decoding(model, info, corpus) -> None:
+    """Record the corpus's decoding choices (DICOM window, MONOCHROME1 inversion, image cache size) in the model's
+    preprocessing, so that it decodes new images exactly as the images it learns from were decoded. A model that
+    was trained before (``train.init_from``) with other choices is warned about loudly: it now learns from images
+    decoded differently from those it was trained on."""
+    import dataclasses
+
+    pre = model.config.preprocess
+    wanted = {"decode_size": info.image_size}
+    if getattr(info, "window", None) is not None:
+        wanted.update(window=info.window, invert_monochrome1=info.invert_monochrome1)
+    else:
+        logger.warning("%s does not record its DICOM window (ingested by an older mmrad): the model keeps window=%s; "
+                       "re-ingest to record it", corpus, pre.window)  # fmt: skip
+    changed = {k: (getattr(pre, k), v) for k, v in wanted.items() if getattr(pre, k) != v}
+    trained = [k for k in ("window", "invert_monochrome1") if k in changed and model.name_or_path]
+    if trained:
+        logger.warning("PREPROCESSING CHANGES: %s was trained on images decoded with %s, but %s was decoded with %s; "
+                       "the model now follows the corpus", model.name_or_path,
+                       {k: changed[k][0] for k in trained}, corpus, {k: changed[k][1] for k in trained})  # fmt: skip
+    if changed:
+        logger.info("model.preprocess follows the corpus's decoding: %s", {k: v for k, (_, v) in changed.items()})
+        model.config.preprocess = dataclasses.replace(pre, **{k: v for k, (_, v) in changed.items()})
+
+
 def text_tower_frozen(model) -> bool:
     return not any(p.requires_grad for p in model.text.parameters())
 
@@ -170,6 +196,7 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
         raise MMRadError(f"{cfg.data.corpus}: the train split is empty")
     if losses_read_reports(model.config.loss) and not has_reports(splits["train"], info):
         turn_off_report_losses(model, cfg.data.corpus)
+    adopt_corpus_decoding(model, info, cfg.data.corpus)
     common = dict(
         tokenizer=model.tokenizer,
         preprocess=model.config.preprocess,
@@ -214,4 +241,27 @@ def build_dataloaders(cfg, model, *, splits=None, info=None, eval_split: str = "
         logger.warning("the corpus has no %s rows: no evaluation during training", eval_split)
     frozen = losses_read_reports(model.config.loss) and text_tower_frozen(model)
     cache = ReportFeatures(model, train_rows, train_collator) if frozen else None
-    return TrainData(train_loader, eval_loader, sampler, cache)
+    return TrainData(train_loader, eval_loader, sampler, cache, data_summary(info, train_rows, model.label_names))
+
+
+def data_summary(info, train_rows, names: list[str]) -> dict:
+    """What the model card says about the training data: split sizes, label sources, de-identification, decoding,
+    and per finding the train split's positive / negative / uncertain / not-mentioned counts. No identifiers."""
+    from mmrad.corpus.format import corpus_label_matrix
+
+    labels = corpus_label_matrix(train_rows)
+    prevalence = {}
+    for name in names:
+        column = labels[:, info.label_names.index(name)] if name in info.label_names and labels.size else None
+        if column is None:
+            prevalence[name] = {"positive": 0, "negative": 0, "uncertain": 0, "unknown": len(train_rows)}
+            continue
+        counts = {
+            "positive": column == 1,
+            "negative": column == 0,
+            "uncertain": column == -1,
+            "unknown": np.isnan(column),
+        }
+        prevalence[name] = {k: int(v.sum()) for k, v in counts.items()}
+    keys = ("num_rows", "label_sources", "deidentified", "reports", "image_size", "window", "invert_monochrome1")
+    return {"corpus": {**{k: getattr(info, k, None) for k in keys}, "prevalence": prevalence}}

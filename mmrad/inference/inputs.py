@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 from mmrad.config.schema import PreprocessConfig
 from mmrad.errors import MMRadError, MMRadImageError
-from mmrad.processing.transforms import encoded_images, fit_to_square, normalize, to_float_array
+from mmrad.processing.image_processor import DecodedImage, ImageProcessor
+from mmrad.processing.transforms import encoded_images
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +81,10 @@ def collect_inputs(inputs: list[str | Path], *, split: str = "test") -> tuple[li
 
 def model_input(image: np.ndarray, preprocess: PreprocessConfig) -> tuple[torch.Tensor, np.ndarray]:
     """A float image in [0, 1] ((H, W) or (H, W, 3)) as the model's input (C, S, S), normalised, plus the 3x3 matrix
-    from image pixels to input pixels — the collator's evaluation path."""
-    if image.ndim == 3 and preprocess.channels != 3:
-        image = image.mean(-1)
-    fitted, matrix = fit_to_square(image, preprocess.image_size, preprocess.resize)
-    if fitted.shape[0] != preprocess.channels:
-        fitted = np.repeat(fitted[:1], preprocess.channels, axis=0)
-    return torch.from_numpy(normalize(fitted[None], preprocess.mean, preprocess.std)[0]), matrix
+    from image pixels to input pixels, through the model's :class:`~mmrad.processing.image_processor.ImageProcessor`
+    (with its decode size and rounding when the model records one)."""
+    batch = ImageProcessor(preprocess)(image)
+    return batch["pixel_values"][0], batch["matrices"][0]
 
 
 class InferenceImages(Dataset):
@@ -95,19 +93,17 @@ class InferenceImages(Dataset):
 
     def __init__(self, items: list[InferenceItem], preprocess: PreprocessConfig, corpus_split=None, keep_image=False):
         self.items, self.preprocess, self.corpus_split, self.keep_image = items, preprocess, corpus_split, keep_image
+        self.processor = ImageProcessor(preprocess)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def load(self, index: int) -> np.ndarray:
-        """The item's image as float32 in [0, 1]."""
-        from mmrad.io.images import load_image
-
+    def load(self, index: int) -> DecodedImage:
+        """The item decoded by the model's processor (a corpus row: its cached image, decoded at ingest)."""
         item = self.items[index]
         if item.row is not None:
-            return to_float_array(self.corpus_split[item.row]["image"])
-        return load_image(item.path, window=self.preprocess.window,
-                          invert_monochrome1=self.preprocess.invert_monochrome1)[0]  # fmt: skip
+            return ImageProcessor.cached(self.corpus_split[item.row])
+        return self.processor.decode(item.path)
 
     def __getitem__(self, index: int) -> dict:
         out = {"index": index, "pixel_values": None, "matrix": None, "size": None, "error": None, "image": None}
@@ -116,10 +112,11 @@ class InferenceImages(Dataset):
         except MMRadImageError as err:
             out["error"] = err.reason
             return out
-        out["pixel_values"], out["matrix"] = model_input(image, self.preprocess)
-        out["size"] = image.shape[:2]
+        batch = self.processor(image)
+        out["pixel_values"], out["matrix"] = batch["pixel_values"][0], batch["matrices"][0]
+        out["size"] = image.original_size
         if self.keep_image:
-            out["image"] = image
+            out["image"] = image.pixels
         return out
 
 

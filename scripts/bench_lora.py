@@ -3,7 +3,7 @@
 The model is the real-scale architecture, built offline with random weights: open_clip ViT-B/16 at 224 px and a
 BERT-base-sized text tower (12 layers, hidden 768, 12 heads) from config dicts, a 4-layer query decoder (as in
 ``configs/``), batch ``--batch-size`` 8 with reports of ``--text-length`` 128 tokens. LoRA takes its settings from
-``configs/biomedclip_lora.yaml`` (r=8, alpha 16, both towers, mmrad's default targets) with mmrad's default LoRA
+the ``biomedclip-lora`` preset (r=8, alpha 16, both towers, mmrad's default targets) with mmrad's default LoRA
 dropout, 0 (peft's default too); ``--lora-dropout 0.05`` measures the config's dropout, recorded under names ending
 in ``@dropout0.05``: dropout keeps a dropped copy of every adapted layer's input for the backward pass, which costs
 activation memory. Both arms recompute the towers' MLP activation outputs in the backward pass, as ``mmrad train``
@@ -37,7 +37,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchlib import REPO, add_common_arguments, record  # noqa: E402
+from benchlib import add_common_arguments, record  # noqa: E402
+
+from mmrad.config.registry import PRESET_DIR as CONFIGS
 
 MODES = {"full": (False, False), "lora": (True, False), "full+ckpt": (False, True), "lora+ckpt": (True, True)}
 BERT_BASE = dict(model_type="bert", vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -51,7 +53,7 @@ def build(lora: bool, text_length: int, dropout: float | None = None):
     from mmrad.config.schema import LoraSettings, MMRadConfig, load_config
     from mmrad.models import MMRadModel, apply_lora
 
-    settings = load_config(REPO / "configs" / "biomedclip_lora.yaml").lora
+    settings = load_config(CONFIGS / "biomedclip-lora.yaml").lora
     settings.dropout = LoraSettings().dropout if dropout is None else dropout
     config = MMRadConfig.from_dict(
         {

@@ -6,7 +6,7 @@ In one run, on one patient-level split (``--dev`` split 70/10/20 by patient with
 set is split 88/12 into train/validation and ``--test`` is the test set):
 
 1. mmrad as a user runs it, each command in its own process: ``mmrad ingest`` (a manifest whose ``split`` column
-   holds that split) -> ``mmrad train --config configs/nih_effnet_lite2.yaml`` (ImageNet EfficientNet-Lite2 + the
+   holds that split) -> ``mmrad train --config the nih-effnet-lite2 preset`` (ImageNet EfficientNet-Lite2 + the
    pretrained MiniLM for the finding queries, attention trained toward the boxes) -> ``mmrad evaluate`` on the test
    split;
 2. the hand-written baseline (``scripts/timm_baseline.py``): timm ``tf_efficientnet_lite2`` with the same weights,
@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import REPO, add_common_arguments, record
+
+from mmrad.config.registry import PRESET_DIR as CONFIGS
 
 FINDINGS = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax"]
 DEFAULT_DEV = REPO.parent / "shared" / "data" / "nih_boxes_dev"
@@ -133,7 +135,7 @@ def main() -> int:
     parser.add_argument("--dev", type=Path, default=DEFAULT_DEV, help=f"dev manifest folder (default {DEFAULT_DEV})")
     parser.add_argument("--test", type=Path, help="a held-out manifest folder used as the test set")
     parser.add_argument("--keep", type=Path, metavar="OUT", help="keep the model (OUT/model) and corpus")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "nih_effnet_lite2.yaml")
+    parser.add_argument("--config", type=Path, default=CONFIGS / "nih-effnet-lite2.yaml")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], help="extra mmrad train --set overrides")

@@ -15,6 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["MMRAD_SALT"] = "test-salt"
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "mmrad" / "config" / "presets"  # the shipped named configs (mmrad.list_configs())
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -71,11 +72,11 @@ def dicom_file(tmp_path):
 
 @pytest.fixture
 def tiny_config():
-    """The model section of configs/tiny.yaml: open_clip ViT (32 px, patch 8, width 32, 2 layers), a 2-layer BERT
+    """The model section of the tiny preset: open_clip ViT (32 px, patch 8, width 32, 2 layers), a 2-layer BERT
     (hidden 32) with the shipped radiology WordPiece tokenizer, a 1-layer fusion decoder, projection 16."""
     from mmrad.config.schema import load_config
 
-    return load_config(REPO / "configs" / "tiny.yaml").model
+    return load_config(CONFIGS / "tiny.yaml").model
 
 
 @pytest.fixture
@@ -127,11 +128,11 @@ def phantom_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_experiment(phantom_corpus):
-    """configs/tiny.yaml on the phantom corpus: 5 findings, a few steps, no trackers."""
+    """the tiny preset on the phantom corpus: 5 findings, a few steps, no trackers."""
     from mmrad.config.schema import load_config
 
     return load_config(
-        REPO / "configs" / "tiny.yaml",
+        CONFIGS / "tiny.yaml",
         [
             f"data.corpus={phantom_corpus}",
             f"model.labels.names={PHANTOM_FINDINGS!r}",

@@ -17,12 +17,13 @@ from mmrad.config.schema import load_config
 from mmrad.models import MMRadModel
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "mmrad" / "config" / "presets"
 CHECKED = ("text_proj.weight", "image_proj.weight", "logit_scale", "vision.visual.conv1.weight")
 
 
 def main(out: str) -> None:
     accelerator = Accelerator(cpu=True)
-    cfg = load_config(REPO / "configs" / "tiny.yaml").model
+    cfg = load_config(CONFIGS / "tiny.yaml").model
     cfg.loss.classification = 0.0  # the contrastive term alone
     torch.manual_seed(0)
     model = MMRadModel(cfg).eval()  # no dropout: both computations must see the same network

@@ -5,9 +5,9 @@ import pytest
 
 from mmrad.config.schema import ConfigError, ExperimentConfig, MMRadConfig, TrainConfig, load_config
 from mmrad.config.yamlio import apply_overrides, from_dict, parse_override
-from tests.conftest import REPO
+from tests.conftest import CONFIGS
 
-TINY = REPO / "configs" / "tiny.yaml"
+TINY = CONFIGS / "tiny.yaml"
 
 
 def write(tmp_path, text: str):

@@ -16,7 +16,7 @@ import pytest
 
 from mmrad.cli import main
 from mmrad.training.checkpoints import complete_checkpoints, latest_checkpoint
-from tests.conftest import PHANTOM_FINDINGS, REPO
+from tests.conftest import CONFIGS, PHANTOM_FINDINGS, REPO
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -26,7 +26,7 @@ MAX_STEPS = 10
 
 def _train_args(corpus: Path, out: Path) -> list[str]:
     return [
-        "train", "--config", str(REPO / "configs" / "tiny.yaml"), "--corpus", str(corpus), "--out", str(out),
+        "train", "--config", str(CONFIGS / "tiny.yaml"), "--corpus", str(corpus), "--out", str(out),
         "--set", f"model.labels.names={PHANTOM_FINDINGS!r}", "data.batch_size=8", f"train.max_steps={MAX_STEPS}",
         "train.save_every=2", "train.eval_every=5", "train.warmup_steps=1", "train.log_with=None",
     ]  # fmt: skip

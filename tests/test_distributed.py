@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import PHANTOM_FINDINGS, REPO
+from tests.conftest import CONFIGS, PHANTOM_FINDINGS, REPO
 
 BIN = Path(sys.executable).parent
 
@@ -49,7 +49,7 @@ def test_mmrad_train_under_accelerate_launch_uses_two_ranks(phantom_corpus, tmp_
     cmd = [
         str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmrad.cli", "train",
-        "--config", str(REPO / "configs" / "tiny.yaml"), "--corpus", str(phantom_corpus), "--out", str(out),
+        "--config", str(CONFIGS / "tiny.yaml"), "--corpus", str(phantom_corpus), "--out", str(out),
         "--set", f"model.labels.names={PHANTOM_FINDINGS!r}", "train.max_steps=3", "train.eval_every=3",
         "train.save_every=3", "train.log_with=None", "data.batch_size=4",
     ]  # fmt: skip

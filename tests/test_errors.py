@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mmrad.cli import main
-from tests.conftest import PHANTOM_FINDINGS, REPO
+from tests.conftest import CONFIGS, PHANTOM_FINDINGS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -179,7 +179,7 @@ def ingest_args(manifest: Path, out: Path, *extra: str) -> list[str]:
 
 
 def train_args(corpus: Path, out: Path) -> list[str]:
-    return ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--corpus", str(corpus), "--out", str(out),
+    return ["train", "--config", str(CONFIGS / "tiny.yaml"), "--corpus", str(corpus), "--out", str(out),
             "--set", *TRAIN_SETTINGS]  # fmt: skip
 
 
@@ -332,13 +332,13 @@ def test_a_file_where_the_output_folder_should_be(command, source, trained, phan
 )
 def test_train_override_of_the_wrong_type(override, expected, tmp_path, capsys):
     out = tmp_path / "run"
-    config = REPO / "configs" / "tiny.yaml"
+    config = CONFIGS / "tiny.yaml"
     run_fails(capsys, ["train", "--config", str(config), "--out", str(out), "--set", override], expected)
     assert not out.exists()
 
 
 def test_train_yaml_value_of_the_wrong_type(tmp_path, capsys):
-    text = (REPO / "configs" / "tiny.yaml").read_text()
+    text = (CONFIGS / "tiny.yaml").read_text()
     assert "  max_steps: 20\n" in text
     config = tmp_path / "bad.yaml"
     config.write_text(text.replace("  max_steps: 20\n", "  max_steps: twenty\n"))

@@ -13,7 +13,7 @@ from mmrad.corpus.format import load_corpus
 from mmrad.corpus.ingest import ingest
 from mmrad.io.dicom import read_dicom, write_dicom
 from mmrad.processing.image_processor import ImageProcessor, parse_window, quantize
-from tests.conftest import REPO
+from tests.conftest import CONFIGS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -48,7 +48,7 @@ def test_training_collation_and_inference_give_the_same_pixel_values(sources, wi
            progress=False)  # fmt: skip
     splits, info = load_corpus(tmp_path / "corpus")
     assert (info.window, info.invert_monochrome1, info.image_size) == (window, True, 48)
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.corpus={tmp_path / 'corpus'}"])
+    cfg = load_config(CONFIGS / "tiny.yaml", [f"data.corpus={tmp_path / 'corpus'}"])
     model = build_model(cfg)
     adopt_corpus_decoding(model, info, tmp_path / "corpus")  # what training does with the corpus
     pre = model.config.preprocess

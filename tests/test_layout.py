@@ -108,3 +108,30 @@ def test_cli_modules_import_nothing_heavy_at_the_top(module):
     names = {(n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom)}
     names |= {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
     assert not names & heavy
+
+
+def test_top_level_api_is_lazy_and_complete():
+    import subprocess
+    import sys
+
+    import mmrad
+
+    for name in mmrad.__all__:
+        assert getattr(mmrad, name) is not None, name
+    assert set(mmrad.__all__) - {"__version__"} == set(mmrad._EXPORTS)
+    assert mmrad.evaluate.__name__ == "evaluate_corpus" and "tiny" in mmrad.list_configs()
+    heavy = "('torch', 'datasets', 'open_clip')"
+    code = f"import mmrad, sys; mmrad.__version__; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # naming mmrad costs no heavy import
+
+
+def test_named_configs_load_by_name(tmp_path):
+    from mmrad.config.registry import list_configs, resolve_config
+    from mmrad.config.schema import ConfigError, load_config
+
+    assert {"tiny", "demo", "nih-effnet-lite2"} <= set(list_configs())
+    assert load_config("nih_effnet_lite2").model.labels.vocabulary == "nih14"  # underscores work too
+    assert resolve_config("tiny") == resolve_config("tiny.yaml")
+    with pytest.raises(ConfigError, match="not a shipped config"):
+        load_config("no-such-config")

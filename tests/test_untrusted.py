@@ -17,7 +17,7 @@ from mmrad.errors import UnsafeFileError
 from mmrad.models import MMRadModel
 from mmrad.models.folder import CheckpointError
 from mmrad.models.pretrained import check_tensor_file
-from tests.conftest import REPO
+from tests.conftest import CONFIGS, REPO
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -84,7 +84,7 @@ def test_trust_remote_code_is_never_switched_on_by_mmrad():
             value = _keyword(node, "trust_remote_code")
             assert not (isinstance(value, ast.Constant) and value.value), f"{path}:{node.lineno}"
     assert TextConfig(hf_config={"model_type": "bert"}).trust_remote_code is False
-    for config in sorted((REPO / "configs").glob("*.yaml")):
+    for config in sorted(CONFIGS.glob("*.yaml")):
         assert load_config(config).model.text.trust_remote_code is False, config
 
 
@@ -139,7 +139,7 @@ def test_a_pickle_tower_checkpoint_is_refused_and_a_tensor_one_accepted(tiny_con
     tiny_config.vision.pretrained = str(evil)
     with pytest.raises(UnsafeFileError, match="refused: not a plain tensor file"):
         MMRadModel.from_towers(tiny_config)
-    args = ["train", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(tmp_path / "run"),
+    args = ["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path / "run"),
             "--set", f"model.vision.pretrained={str(evil)!r}"]  # fmt: skip
     assert main(args) == 1
     err = capsys.readouterr().err.strip()

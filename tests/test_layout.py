@@ -133,5 +133,5 @@ def test_named_configs_load_by_name(tmp_path):
     assert {"tiny", "demo", "nih-effnet-lite2"} <= set(list_configs())
     assert load_config("nih_effnet_lite2").model.labels.vocabulary == "nih14"  # underscores work too
     assert resolve_config("tiny") == resolve_config("tiny.yaml")
-    with pytest.raises(ConfigError, match="not a shipped config"):
+    with pytest.raises(ConfigError, match="not found, and not a shipped config"):
         load_config("no-such-config")

@@ -247,8 +247,10 @@ def test_saved_config_rebuilds_offline_without_vocabulary_files(tmp_path, tiny_m
     data["labels"]["vocabulary"] = str(tmp_path / "gone.yaml")  # a user vocabulary not present here
     (folder / "config.json").write_text(json.dumps(data))
     assert MMRadModel.from_pretrained(folder).label_names == tiny_model.label_names
-    meta_free = {k: v for k, v in data.items() if k not in ("model_type", "mmrad_version", "label_names", "lora")}
-    meta_free = {k: v for k, v in meta_free.items() if k not in ("adapter_only", "base_model")}
+    from mmrad.models.folder import META_KEYS
+
+    meta_free = {k: v for k, v in data.items() if k not in META_KEYS}
+    assert data["token_grid"] == [4, 4]  # recorded for the card
     assert MMRadConfig.from_dict(meta_free).text.tokenizer == "mmrad:radiology_wordpiece"
 
 

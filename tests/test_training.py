@@ -160,17 +160,18 @@ def test_frozen_text_tower_features_are_cached_with_the_same_losses(tiny_experim
 @pytest.mark.parametrize(
     "config, pretrained",
     [
-        ("tiny.yaml", False),
-        ("biomedclip-lora.yaml", True),
-        ("vit-b16-clinicalbert.yaml", True),
+        ("tiny", False),
+        ("biomedclip-lora", True),
+        ("vit-b16-clinicalbert", True),
+        ("nih-effnet-lite2", True),
+        ("demo", True),
     ],
 )
 def test_shipped_configs_load_and_name_their_weights(config, pretrained):
     from mmrad.config.schema import load_config
     from mmrad.training.loop import _names_pretrained_weights
-    from tests.conftest import REPO
 
-    cfg = load_config(REPO / config)
+    cfg = load_config(config)
     assert _names_pretrained_weights(cfg.model) is pretrained
 
 

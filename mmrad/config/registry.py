@@ -42,4 +42,4 @@ def resolve_config(name_or_path: str | PathLike) -> Path:
     preset = PRESET_DIR / f"{name}.yaml"
     if str(path.parent) in ("", ".") and preset.is_file():
         return preset
-    raise ConfigError(f"{name_or_path}: no such config file, and not a shipped config ({', '.join(list_configs())})")
+    raise ConfigError(f"{name_or_path}: config file not found, and not a shipped config ({', '.join(list_configs())})")

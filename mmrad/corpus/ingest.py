@@ -49,9 +49,10 @@ from mmrad.corpus.format import (
     read_info,
     write_corpus,
 )
-from mmrad.corpus.manifest import Manifest, ManifestError, ManifestRow, read_manifest
+from mmrad.corpus.labeling import assign_splits, label_rows
+from mmrad.corpus.manifest import Manifest, ManifestError, ManifestRow, Reject, read_manifest
 from mmrad.corpus.rows import join_metadata, kept_rows, load_images, write_metadata
-from mmrad.corpus.splits import SPLIT_NAMES, parse_fractions, patient_split
+from mmrad.corpus.splits import SPLIT_NAMES, parse_fractions
 from mmrad.files import writing
 from mmrad.privacy.deid import default_salt, deidentify_text
 from mmrad.processes import launched_processes
@@ -96,54 +97,6 @@ def _label_mode(labels: str, vocabulary: str) -> tuple[str, str]:
 def reason_category(reason: str) -> str:
     """The fixed part of a reject reason ("truncated or malformed pixel data (...)" -> "truncated or ...")."""
     return re.split(r" \(|: | '| \"| in column", reason, maxsplit=1)[0].strip() or reason
-
-
-def _label_rows(rows: list[ManifestRow], label_names: list[str], mode: str, vocabulary: str, num_proc: int,
-                progress: bool) -> tuple[np.ndarray, list[str]]:  # fmt: skip
-    """(N, K) labels and a label source per row: manifest cells where given, the labeler for the rest."""
-    labels = np.full((len(rows), len(label_names)), np.nan, dtype=np.float32)
-    from_manifest = np.zeros(labels.shape, dtype=bool)
-    for i, row in enumerate(rows):
-        for k, name in enumerate(label_names):
-            if mode != "labeler" and name in row.labels:
-                labels[i, k], from_manifest[i, k] = row.labels[name], True
-    need = [] if mode == "manifest" else [i for i in range(len(rows)) if not from_manifest[i].all()]
-    if need:
-        from mmrad.reports.labeler import ReportLabeler
-
-        labeler = ReportLabeler(vocabulary)
-        known = [n for n in label_names if n in labeler.label_names]
-        cols = np.asarray([label_names.index(n) for n in known], dtype=np.intp)
-        # results are used as they come: only the (N, K) array outlives them
-        results = labeler.label_iter([rows[i].report for i in need], num_workers=num_proc, progress=progress,
-                                     evidence=False)  # fmt: skip
-        for i, result in zip(need, results, strict=True):
-            values = result.as_array(known)
-            keep = ~from_manifest[i, cols]
-            labels[i, cols[keep]] = values[keep]
-    sources = []
-    for i in range(len(rows)):
-        given = from_manifest[i].all() or mode == "manifest"
-        sources.append("manifest" if given else "labeler" if not from_manifest[i].any() else "manifest+labeler")
-    return labels, sources
-
-
-def _assign_splits(rows: list[ManifestRow], labels: np.ndarray, fractions, seed: int) -> tuple[list[int], tuple]:
-    """A split index per row and the split fractions: the manifest's ``split`` column when it has one (the fractions
-    are then its shares), else the patient-level split."""
-    if not rows or rows[0].split is None:
-        return patient_split([r.patient_id for r in rows], labels, fractions, seed), fractions
-    assignment = [SPLIT_NAMES.index(r.split) for r in rows]
-    splits_of: dict[str, set[int]] = {}
-    for row, s in zip(rows, assignment, strict=True):
-        splits_of.setdefault(row.patient_id, set()).add(s)
-    crossing = sum(1 for s in splits_of.values() if len(s) > 1)
-    if crossing:
-        logger.warning("the manifest's split puts %d patient(s) in more than one split: their images leak between "
-                       "training and evaluation", crossing)  # fmt: skip
-    logger.info("splits from the manifest's split column (fractions and seed are not used)")
-    counts = np.bincount(assignment, minlength=len(SPLIT_NAMES))
-    return assignment, tuple(float(c) for c in counts / counts.sum())
 
 
 def _corpus_key(manifest: Manifest, shards: list[Shard], opts: DecodeOptions, settings: dict) -> str:
@@ -208,61 +161,101 @@ def ingest(
         ManifestError: the manifest cannot be read or lacks required columns.
         ValueError: bad options (split fractions, image size, labels mode).
     """
+    start = time.perf_counter()
+    plan = plan_ingest(manifest, out_dir, image_size=image_size, num_proc=num_proc, seed=seed, split=split,
+                       labels=labels, vocabulary=vocabulary, window=window, invert_monochrome1=invert_monochrome1,
+                       keep_report_text=keep_report_text, salt=salt, progress=progress)  # fmt: skip
+    existing = read_info(plan.out)
+    if not force and existing is not None and existing.key == plan.key and (plan.out / "dataset_dict.json").is_file():
+        logger.info("%s already holds this corpus (same manifest, files and options): nothing to do", plan.out)
+        return IngestSummary(plan.out, existing, reused=True, shards_reused=len(plan.shards),
+                             seconds=time.perf_counter() - start)  # fmt: skip
+    state = launched_processes()
+    decoded = decode_images(plan, state)
+    if decoded is None:  # another process of `accelerate launch` builds the corpus
+        return None
+    labelled = label_and_split(plan)
+    info = write_out(plan, labelled)
+    if state is not None:
+        state.destroy_process_group()
+    return IngestSummary(plan.out, info, reused=False, shards_reused=len(plan.shards) - decoded,
+                         shards_decoded=decoded, seconds=time.perf_counter() - start)  # fmt: skip
+
+
+@dataclass
+class IngestPlan:
+    """What an ingest will do, decided before any image is decoded."""
+
+    out: Path
+    table: Manifest  # the checked manifest (raw identifiers: it never leaves the ingest step)
+    label_names: list[str]
+    mode: str  # "manifest", "both" or "labeler"
+    vocabulary: str
+    opts: DecodeOptions
+    shards: list[Shard]
+    key: str  # the hash of everything the corpus is built from
+    fractions: tuple[float, float, float]
+    seed: int
+    deidentified: bool
+    num_proc: int
+    progress: bool
+
+    @property
+    def cache(self) -> Path:
+        return self.out / CACHE_DIR / "shards"
+
+
+def plan_ingest(manifest, out_dir, *, image_size, num_proc, seed, split, labels, vocabulary, window,
+                invert_monochrome1, keep_report_text, salt, progress) -> IngestPlan:  # fmt: skip
+    """Check the options, read and check the manifest, de-identify its reports, and cut it into cache shards."""
     from mmrad.config.labels import load_vocabulary
 
-    start = time.perf_counter()
     fractions = parse_fractions(split)
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
     mode, vocab = _label_mode(labels, vocabulary)
     vocab_names = load_vocabulary(vocab).names
     table = read_manifest(manifest, vocab_names, labels_from_reports=mode == "labeler")
+    label_names = vocab_names
     if mode == "manifest":
         label_names = [n for n in vocab_names if n in table.label_columns.values()]
         if not label_names:
             raise ManifestError(f"{manifest}: --labels manifest needs finding columns named after {vocab!r} findings")
-    else:
-        label_names = vocab_names
     if not keep_report_text:
         for row in table.rows:
             row.report = deidentify_text(row.report)
     else:
         logger.warning("report text is stored as written: make sure it holds no patient identifiers")
-
     out = Path(out_dir)
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-    cache = out / CACHE_DIR / "shards"
     if isinstance(window, str) and window not in ("auto", "none", "minmax"):
         window = parse_window(window)  # "center,width"
     opts = DecodeOptions(image_size, window if isinstance(window, str) else tuple(window), invert_monochrome1,
-                    salt if salt is not None else default_salt())  # fmt: skip
+                         salt if salt is not None else default_salt())  # fmt: skip
     shards = [Shard([(r.row, r.path, r.masks) for r in table.rows[i : i + SHARD_ROWS]])
               for i in range(0, len(table.rows), SHARD_ROWS)]  # fmt: skip
     for s in shards:
         s.key = shard_key(s, opts)
-    settings = {
-        "mode": mode,
-        "vocabulary": vocab,
-        "seed": seed,
-        "split": fractions,
-        "deid": not keep_report_text,
-        "vocab_digest": digest([dataclasses.asdict(f) for f in load_vocabulary(vocab).findings.values()]),
-    }
+    vocab_digest = digest([dataclasses.asdict(f) for f in load_vocabulary(vocab).findings.values()])
+    settings = {"mode": mode, "vocabulary": vocab, "seed": seed, "split": fractions, "deid": not keep_report_text,
+                "vocab_digest": vocab_digest}  # fmt: skip
     key = _corpus_key(table, shards, opts, settings)
-    existing = read_info(out)
-    if not force and existing is not None and existing.key == key and (out / "dataset_dict.json").is_file():
-        logger.info("%s already holds this corpus (same manifest, files and options): nothing to do", out)
-        return IngestSummary(out, existing, reused=True, shards_reused=len(shards),
-                             seconds=time.perf_counter() - start)  # fmt: skip
+    return IngestPlan(out, table, label_names, mode, vocab, opts, shards, key, fractions, seed,
+                      not keep_report_text, num_proc, progress)  # fmt: skip
 
-    state = launched_processes()
+
+def decode_images(plan: IngestPlan, state) -> int | None:
+    """Decode every image once into the shard cache (shards already there are reused); the number decoded. Under
+    ``accelerate launch`` each process decodes its share and only the main process goes on (the others get None)."""
+    out, cache = plan.out, plan.cache
+    decoded = 0
     if state is not None:
-        # under `accelerate launch`: each process decodes its share of the shards into the shared cache; the main
-        # process then builds the corpus from the cache while the others are done
+        # each process decodes its share of the shards into the shared cache; the main process then builds the
+        # corpus from the cache while the others are done
         with writing(out):
-            mine = decode_shards(shards[state.process_index :: state.num_processes], opts, cache, num_proc,
-                                 progress and state.is_main_process)  # fmt: skip
+            mine = decode_shards(plan.shards[state.process_index :: state.num_processes], plan.opts, cache,
+                                 plan.num_proc, plan.progress and state.is_main_process)  # fmt: skip
         logger.info("process %d of %d: %d shard(s) decoded", state.process_index, state.num_processes, mine)
         from accelerate.utils import gather_object
 
@@ -271,67 +264,88 @@ def ingest(
             state.destroy_process_group()
             return None
     with writing(out):  # a full disk while caching images: the message names the corpus folder
-        decoded = decode_shards(shards, opts, cache, num_proc, progress) + (decoded if state is not None else 0)
-    logger.info("images: %d shard(s) decoded, %d reused from %s", decoded, len(shards) - decoded, cache)
+        decoded += decode_shards(plan.shards, plan.opts, cache, plan.num_proc, plan.progress)
+    logger.info("images: %d shard(s) decoded, %d reused from %s", decoded, len(plan.shards) - decoded, cache)
+    return decoded
 
-    from datasets import Dataset, DatasetDict
 
-    images, block_rows, rejects = load_images(shards, cache, list(table.rejects))
-    keep, rows, box_rejects = kept_rows(images, table.rows)
-    rejects += box_rejects
-    label_array, sources = _label_rows(rows, label_names, mode, vocab, num_proc, progress)
-    assignment, fractions = _assign_splits(rows, label_array, fractions, seed)
+@dataclass
+class Labelled:
+    """The decoded images matched to their rows, labelled and split."""
+
+    images: object  # the decoded shards as one datasets.Dataset
+    block_rows: list
+    keep: list[int]  # positions in ``images`` of the rows kept
+    rows: list[ManifestRow]
+    labels: np.ndarray  # (N, K)
+    sources: list[str]
+    positions: dict[str, list[int]]  # split -> positions in ``images``
+    fractions: tuple
+    rejects: list[Reject]
+
+
+def label_and_split(plan: IngestPlan) -> Labelled:
+    """Match decoded images to rows (boxes checked), label every row, and split by patient (or by the manifest)."""
+    images, block_rows, rejects = load_images(plan.shards, plan.cache, list(plan.table.rejects))
+    keep, rows, box_rejects = kept_rows(images, plan.table.rows)
+    labels, sources = label_rows(rows, plan.label_names, plan.mode, plan.vocabulary, plan.num_proc, plan.progress)
+    assignment, fractions = assign_splits(rows, labels, plan.fractions, plan.seed)
     positions = {name: [keep[i] for i, s in enumerate(assignment) if s == k] for k, name in enumerate(SPLIT_NAMES)}
     for name, pos in positions.items():
         if not pos and fractions[SPLIT_NAMES.index(name)] > 0:
             logger.warning("the %s split is empty (too few patients for the requested fractions)", name)
+    return Labelled(images, block_rows, keep, rows, labels, sources, positions, fractions, rejects + box_rejects)
 
-    rejects.sort(key=lambda r: r.row)
+
+def write_out(plan: IngestPlan, done: Labelled) -> CorpusInfo:
+    """Write the splits, ``rejects.csv`` and the corpus info (last: it marks a finished corpus); drop stale shards."""
+    from datasets import Dataset, DatasetDict
+
+    rejects = sorted(done.rejects, key=lambda r: r.row)
     unnamed = {r.row for r in rejects if not r.path}  # rejected while decoding or checking boxes
-    path_of = {r.row: r.image for r in table.rows if r.row in unnamed}
-    reasons = Counter(reason_category(r.reason) for r in rejects)
+    path_of = {r.row: r.image for r in plan.table.rows if r.row in unnamed}
+    opts = plan.opts
     info = CorpusInfo(
-        label_names=label_names,
-        labels=mode if mode != "labeler" else vocab,
-        vocabulary=vocab,
-        image_size=image_size,
-        seed=seed,
-        split=list(fractions),
-        num_rows={name: len(pos) for name, pos in positions.items()},
-        total=table.total,
+        label_names=plan.label_names,
+        labels=plan.mode if plan.mode != "labeler" else plan.vocabulary,
+        vocabulary=plan.vocabulary,
+        image_size=opts.image_size,
+        seed=plan.seed,
+        split=list(done.fractions),
+        num_rows={name: len(pos) for name, pos in done.positions.items()},
+        total=plan.table.total,
         rejected=len(rejects),
-        reject_reasons=dict(reasons.most_common()),
-        label_sources=dict(Counter(sources).most_common()),
-        deidentified=not keep_report_text,
-        key=key,
-        reports=sum(1 for r in rows if r.report),
+        reject_reasons=dict(Counter(reason_category(r.reason) for r in rejects).most_common()),
+        label_sources=dict(Counter(done.sources).most_common()),
+        deidentified=plan.deidentified,
+        key=plan.key,
+        reports=sum(1 for r in done.rows if r.report),
         window=opts.window if isinstance(opts.window, str) else ",".join(f"{v:g}" for v in opts.window),
         invert_monochrome1=opts.invert_monochrome1,
     )
     rejected = [(r.row, r.path or path_of.get(r.row, ""), r.reason) for r in rejects]
-    shard_keys = {s.key for s in shards}
     full_features = corpus_features()
-    meta_path = out / CACHE_DIR / "rows.arrow"  # one metadata row per decoded image, until the splits are written
+    meta_path = plan.out / CACHE_DIR / "rows.arrow"  # one metadata row per decoded image, until the splits exist
     try:
-        if len(images):
-            with writing(out):
-                write_metadata(meta_path, images, keep, rows, label_array, sources, opts.salt, progress)
-            full = join_metadata(images, block_rows, meta_path).select_columns(list(full_features))
+        if len(done.images):
+            with writing(plan.out):
+                write_metadata(meta_path, done.images, done.keep, done.rows, done.labels, done.sources, opts.salt,
+                               plan.progress)  # fmt: skip
+            full = join_metadata(done.images, done.block_rows, meta_path).select_columns(list(full_features))
         else:
             full = Dataset.from_dict({k: [] for k in full_features}, features=full_features)
         # writing the splits is when an ingest holds the most: the manifest's rows (their text, paths, boxes) are
         # no longer needed and go first
-        del table, rows, shards
-        write_corpus(out, DatasetDict({name: full.select(pos) for name, pos in positions.items()}), info, rejected)
+        plan.table.rows.clear()
+        done.rows.clear()
+        splits = DatasetDict({name: full.select(pos) for name, pos in done.positions.items()})
+        write_corpus(plan.out, splits, info, rejected)
     finally:
         meta_path.unlink(missing_ok=True)  # after an error too: a full disk keeps no partial file
-    _clean_cache(cache, shard_keys)
-    logger.info("corpus %s: %d row(s) kept, %d rejected (%s)", out, sum(info.num_rows.values()), len(rejects),
-                out / REJECTS_FILE)  # fmt: skip
-    if state is not None:
-        state.destroy_process_group()
-    return IngestSummary(out, info, reused=False, shards_reused=len(shard_keys) - decoded, shards_decoded=decoded,
-                         seconds=time.perf_counter() - start)  # fmt: skip
+    _clean_cache(plan.cache, {s.key for s in plan.shards})
+    logger.info("corpus %s: %d row(s) kept, %d rejected (%s)", plan.out, sum(info.num_rows.values()), len(rejects),
+                plan.out / REJECTS_FILE)  # fmt: skip
+    return info
 
 
 def _clean_cache(cache: Path, keep: set[str]) -> None:

@@ -344,53 +344,55 @@ def read_manifest(source: str | PathLike, finding_names: list[str], *, labels_fr
     rejects: list[Reject] = []
     seen: dict[str, int] = {}
     for i, record in enumerate(records):
-        image = _cell(record.get("image"))
         try:
-            if "__error__" in record:
-                raise ValueError(record["__error__"])
-            if not image:
-                raise ValueError("missing image path")
-            path = os.path.abspath(base / image)
-            patient_id = _cell(record.get("patient_id"))
-            if not patient_id:
-                raise ValueError("missing patient_id")
-            report = _read_report(record, base)
-            labels = {}
-            for column, name in label_columns.items():
-                try:
-                    value = parse_label(record.get(column))
-                except ValueError as err:
-                    raise ValueError(f"{err} in column {column!r}") from None
-                if not math.isnan(value):
-                    labels[name] = value
-            split = _parse_split(record.get("split")) if "split" in columns else None
-            if not report and (labels_from_reports or not labels):
-                raise ValueError("empty report" if labels_from_reports else "no report and no finding labels")
-            boxes = parse_boxes(record.get("boxes"))
-            masks = {k: os.path.abspath(base / v) for k, v in _parse_masks(record.get("masks")).items()}
-            if path in seen:  # checked last: a row's own problem is the more useful reason
-                raise ValueError(f"duplicate image (same file as row {seen[path]})")
+            row = _check_row(i, record, base, label_columns, "split" in columns, labels_from_reports)
+            if row.path in seen:  # checked last: a row's own problem is the more useful reason
+                raise ValueError(f"duplicate image (same file as row {seen[row.path]})")
         except ValueError as err:
-            rejects.append(Reject(i, image, str(err)))
+            rejects.append(Reject(i, _cell(record.get("image")), str(err)))
             continue
-        seen[path] = i
-        rows.append(
-            ManifestRow(
-                row=i,
-                image=image,
-                path=path,
-                report=report,
-                patient_id=patient_id,
-                study_id=_cell(record.get("study_id")) or None,
-                view=_cell(record.get("view")) or None,
-                labels=labels,
-                boxes=boxes,
-                masks=masks,
-                split=split,
-            )
-        )
+        seen[row.path] = i
+        rows.append(row)
     without = sum(1 for r in rows if not r.report)
     if without:
         logger.info("%d of %d row(s) have no report: they train the classification and grounding losses only",
                     without, len(rows))  # fmt: skip
     return Manifest(rows, rejects, label_columns, total=len(records), ignored_columns=ignored)
+
+
+def _check_row(i: int, record: dict, base: Path, label_columns: dict[str, str], has_split: bool,
+               labels_from_reports: bool) -> ManifestRow:  # fmt: skip
+    """One manifest record as a :class:`ManifestRow`; a ValueError names what is wrong with it."""
+    if "__error__" in record:
+        raise ValueError(record["__error__"])
+    image = _cell(record.get("image"))
+    if not image:
+        raise ValueError("missing image path")
+    patient_id = _cell(record.get("patient_id"))
+    if not patient_id:
+        raise ValueError("missing patient_id")
+    report = _read_report(record, base)
+    labels = {}
+    for column, name in label_columns.items():
+        try:
+            value = parse_label(record.get(column))
+        except ValueError as err:
+            raise ValueError(f"{err} in column {column!r}") from None
+        if not math.isnan(value):
+            labels[name] = value
+    split = _parse_split(record.get("split")) if has_split else None
+    if not report and (labels_from_reports or not labels):
+        raise ValueError("empty report" if labels_from_reports else "no report and no finding labels")
+    return ManifestRow(
+        row=i,
+        image=image,
+        path=os.path.abspath(base / image),
+        report=report,
+        patient_id=patient_id,
+        study_id=_cell(record.get("study_id")) or None,
+        view=_cell(record.get("view")) or None,
+        labels=labels,
+        boxes=parse_boxes(record.get("boxes")),
+        masks={k: os.path.abspath(base / v) for k, v in _parse_masks(record.get("masks")).items()},
+        split=split,
+    )

@@ -15,12 +15,14 @@ Every number goes through the evaluate modules shipped in :mod:`mmrad.evaluation
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmrad.evaluation.metrics import load_metric
 from mmrad.evaluation.predict import Predictions, paired_embeddings, predict
 from mmrad.files import atomic_file, ensure_writable_dir, write_json_atomic, writing
 
@@ -107,8 +109,6 @@ def _zero_shot_extra(classifier, qs, tag: str):
 
 def grounding_block(pred: Predictions, names: list[str]) -> dict:
     """Grounding metrics of present findings (label 1 with a mask) for both map methods, overall and per finding."""
-    from mmrad.evaluation.metrics import load_metric
-
     valid = pred.extra["mask_valid"].astype(bool) & (pred.labels == 1)
     masks = pred.extra["masks"]
     block: dict = {"pairs": int(valid.sum())}
@@ -158,92 +158,125 @@ def evaluate_corpus(
             them, for the ``zero_shot`` block (the first) and ``zero_shot_more`` (the others); None leaves them out.
         progress: show a progress bar.
     """
-    from accelerate import Accelerator
-    from torch.utils.data import DataLoader
-
-    from mmrad.corpus.format import annotation_kind, load_corpus
-    from mmrad.errors import MMRadError
-    from mmrad.evaluation.metrics import load_metric
-    from mmrad.models.modeling import MMRadModel
-    from mmrad.processes import resolve_mixed_precision
-    from mmrad.processing.collate import MMRadCollator
-
-    model = MMRadModel.from_pretrained(model_dir).eval()
-    splits, info = load_corpus(corpus_dir)
     out = Path(out)
     ensure_writable_dir(out.parent)  # fail before the forward passes, not after
-    if split not in splits or len(splits[split]) == 0:
-        raise MMRadError(f"{corpus_dir}: no rows in split {split!r} (have: {', '.join(splits)})")
-    names = model.label_names
-    rows = splits[split]
-    annotations = annotation_kind(rows)
-    has_masks, has_boxes = annotations == "masks", annotations == "boxes"
-    collate = MMRadCollator(model.tokenizer, model.config.preprocess, names, corpus_label_names=info.label_names,
-                            max_length=model.config.text.max_length, return_masks=has_masks,
-                            boxes_as_masks=has_boxes)  # fmt: skip
-    loader = DataLoader(collate.rows(rows), batch_size=batch_size, collate_fn=collate)
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto"))
-    model, loader = accelerator.prepare(model, loader)
-    plain = accelerator.unwrap_model(model)
-
-    hooks = []
-    if has_masks or has_boxes:
-        hooks.append(_grounding_extra(plain, plain.config.preprocess.image_size))
-    banks = []  # (tag, bank, findings)
-    if zero_shot_prompts is not None:
-        from mmrad.config.prompts import PromptBank, load_prompt_bank
-        from mmrad.inference.zeroshot import ZeroShotClassifier
-
-        given = zero_shot_prompts if isinstance(zero_shot_prompts, list | tuple) else [zero_shot_prompts]
-        for i, item in enumerate(given):
-            bank = item if isinstance(item, PromptBank) else load_prompt_bank(item)
-            zs_names = [n for n in bank.names if n in names]
-            if not zs_names:
-                raise MMRadError(f"prompt bank {bank.name!r} has none of the model's findings {names}")
-            classifier = ZeroShotClassifier(plain, "fusion", bank)
-            hooks.append(_zero_shot_extra(classifier, classifier.query_set(zs_names), f"zero_shot{i}"))
-            banks.append((f"zero_shot{i}", bank, zs_names))
-
-    def extra(batch, output):
-        return {k: v for hook in hooks for k, v in hook(batch, output).items()}
-
-    pred = predict(model, loader, accelerator, progress=progress, extra=extra if hooks else None)
-
-    classification = load_metric("multilabel_classification")
-    classification.add_batch(predictions=pred.probs.tolist(), references=pred.labels.tolist())
+    run = prepare_evaluation(model_dir, corpus_dir, split, batch_size)
+    banks = zero_shot_banks(run, zero_shot_prompts)
+    pred = predict(run.model, run.loader, run.accelerator, progress=progress, extra=_hooks(run, banks))
     metrics = {
         "split": split,
         "n": int(len(pred.probs)),
-        "classification": classification.compute(names=names, threshold=threshold, n_bootstrap=n_bootstrap),
+        "classification": classification_block(pred, run.names, threshold, n_bootstrap),
     }
     images, texts = paired_embeddings(pred)  # the rows that have a report
     if texts is not None and len(texts) > 1:
         retrieval = load_metric("retrieval")
         retrieval.add_batch(predictions=images.tolist(), references=texts.tolist())
         metrics["retrieval"] = retrieval.compute()
-    if has_masks or has_boxes:
+    if run.annotations is not None:
         metrics["grounding"] = {
-            "source": "masks" if has_masks else "boxes",
+            "source": run.annotations,
             # > 0: the decoder's attention was trained toward masks or boxes (model.loss.grounding), so the maps are
             # supervised, not weakly supervised
-            "attention_supervision": plain.config.loss.grounding,
-            **grounding_block(pred, names),
+            "attention_supervision": run.plain.config.loss.grounding,
+            **grounding_block(pred, run.names),
         }
     for i, (tag, bank, zs_names) in enumerate(banks):
-        columns = [names.index(n) for n in zs_names]
-        block = {"prompts": bank.name, "findings": zs_names}
-        for scorer in ("fusion", "contrastive"):
-            metric = load_metric("multilabel_classification")
-            metric.add_batch(predictions=pred.extra[f"{tag}_{scorer}"].tolist(),
-                             references=pred.labels[:, columns].tolist())  # fmt: skip
-            block[scorer] = metric.compute(names=zs_names, threshold=threshold, n_bootstrap=n_bootstrap)
+        block = zero_shot_block(pred, run.names, tag, bank, zs_names, threshold, n_bootstrap)
         if i == 0:
             metrics["zero_shot"] = block
         else:  # further banks (e.g. a stricter held-out family) sit beside the first
             metrics.setdefault("zero_shot_more", {})[bank.name] = block
-    if accelerator.is_main_process:
-        with writing(out.parent):
-            out.parent.mkdir(parents=True, exist_ok=True)
-        metrics["roc_plots"] = [p.name for p in roc_plots(pred, names, out.parent)]
+    if run.accelerator.is_main_process:
+        metrics["roc_plots"] = [p.name for p in roc_plots(pred, run.names, out.parent)]
         write_json_atomic(out, metrics)
     return metrics
+
+
+@dataclass
+class Evaluation:
+    """A saved model, prepared with its loader over one corpus split."""
+
+    model: torch.nn.Module  # prepared
+    plain: torch.nn.Module  # unwrapped
+    loader: object
+    accelerator: object
+    names: list[str]
+    annotations: str | None  # "masks", "boxes" or None: what the grounding block scores against
+
+
+def prepare_evaluation(model_dir, corpus_dir, split: str, batch_size: int) -> Evaluation:
+    """Load the model and the split; the collator returns masks (or boxes as masks) when the split has them."""
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from mmrad.corpus.format import annotation_kind, load_corpus
+    from mmrad.errors import MMRadError
+    from mmrad.models.modeling import MMRadModel
+    from mmrad.processes import resolve_mixed_precision
+    from mmrad.processing.collate import MMRadCollator
+
+    model = MMRadModel.from_pretrained(model_dir).eval()
+    splits, info = load_corpus(corpus_dir)
+    if split not in splits or len(splits[split]) == 0:
+        raise MMRadError(f"{corpus_dir}: no rows in split {split!r} (have: {', '.join(splits)})")
+    rows = splits[split]
+    annotations = annotation_kind(rows)
+    collate = MMRadCollator(model.tokenizer, model.config.preprocess, model.label_names,
+                            corpus_label_names=info.label_names, max_length=model.config.text.max_length,
+                            return_masks=annotations == "masks", boxes_as_masks=annotations == "boxes")  # fmt: skip
+    loader = DataLoader(collate.rows(rows), batch_size=batch_size, collate_fn=collate)
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto"))
+    prepared, loader = accelerator.prepare(model, loader)
+    plain = accelerator.unwrap_model(prepared)
+    return Evaluation(prepared, plain, loader, accelerator, list(plain.label_names), annotations)
+
+
+def zero_shot_banks(run: Evaluation, prompts) -> list[tuple[str, object, list[str]]]:
+    """``(tag, bank, findings)`` for each prompt bank given (none when ``prompts`` is None)."""
+    if prompts is None:
+        return []
+    from mmrad.config.prompts import PromptBank, load_prompt_bank
+    from mmrad.errors import MMRadError
+
+    banks = []
+    for i, item in enumerate(prompts if isinstance(prompts, list | tuple) else [prompts]):
+        bank = item if isinstance(item, PromptBank) else load_prompt_bank(item)
+        names = [n for n in bank.names if n in run.names]
+        if not names:
+            raise MMRadError(f"prompt bank {bank.name!r} has none of the model's findings {run.names}")
+        banks.append((f"zero_shot{i}", bank, names))
+    return banks
+
+
+def _hooks(run: Evaluation, banks):
+    """The ``predict`` hook collecting grounding maps and zero-shot scores, or None when there is nothing to add."""
+    from mmrad.inference.zeroshot import ZeroShotClassifier
+
+    hooks = []
+    if run.annotations is not None:
+        hooks.append(_grounding_extra(run.plain, run.plain.config.preprocess.image_size))
+    for tag, bank, names in banks:
+        classifier = ZeroShotClassifier(run.plain, "fusion", bank)
+        hooks.append(_zero_shot_extra(classifier, classifier.query_set(names), tag))
+    if not hooks:
+        return None
+    return lambda batch, output: {k: v for hook in hooks for k, v in hook(batch, output).items()}
+
+
+def classification_block(pred: Predictions, names: list[str], threshold: float, n_bootstrap: int) -> dict:
+    metric = load_metric("multilabel_classification")
+    metric.add_batch(predictions=pred.probs.tolist(), references=pred.labels.tolist())
+    return metric.compute(names=names, threshold=threshold, n_bootstrap=n_bootstrap)
+
+
+def zero_shot_block(pred: Predictions, names, tag, bank, zs_names, threshold, n_bootstrap) -> dict:
+    """Per-finding AUROC of both zero-shot scorers with one prompt bank."""
+    columns = [names.index(n) for n in zs_names]
+    block = {"prompts": bank.name, "findings": zs_names}
+    for scorer in ("fusion", "contrastive"):
+        metric = load_metric("multilabel_classification")
+        metric.add_batch(predictions=pred.extra[f"{tag}_{scorer}"].tolist(),
+                         references=pred.labels[:, columns].tolist())  # fmt: skip
+        block[scorer] = metric.compute(names=zs_names, threshold=threshold, n_bootstrap=n_bootstrap)
+    return block

@@ -131,3 +131,26 @@ def collate_inference(samples: list[dict]) -> dict:
         "image": [s["image"] for s in ok],
         "errors": {s["index"]: s["error"] for s in samples if s["pixel_values"] is None},
     }
+
+
+def my_share(state, count: int) -> list[int]:
+    """The positions of ``count`` items this process handles (all of them when it runs alone): contiguous shares,
+    in rank order (accelerate's ``split_between_processes``)."""
+    with state.split_between_processes(list(range(count))) as share:
+        return list(share)
+
+
+def gather_shares(state, items: list[InferenceItem], mine: list[int], rows: np.ndarray, errors: dict[str, str]):
+    """Every process's ``rows`` (one per item of its share) and errors, put back in input order on every process;
+    errors keyed by item id, in input order."""
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        shares = gather_object([(mine, rows, errors)])  # one entry per rank, in rank order
+        rows = np.full((len(items), *rows.shape[1:]), np.nan, dtype=rows.dtype)
+        errors = {}
+        for indices, part, part_errors in shares:
+            rows[indices] = part
+            errors.update(part_errors)
+    order = {item.id: i for i, item in enumerate(items)}
+    return rows, dict(sorted(errors.items(), key=lambda kv: order[kv[0]]))

@@ -186,10 +186,9 @@ def run_zero_shot(
             :class:`~mmrad.inference.feature_cache.ImageFeatureCache`): images already there skip decoding and the
             image tower.
     """
-    from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from mmrad.inference.inputs import InferenceImages, collate_inference, collect_inputs
+    from mmrad.inference.inputs import collect_inputs, gather_shares, my_share
     from mmrad.processes import process_state
 
     if not queries:
@@ -199,59 +198,72 @@ def run_zero_shot(
         model.to(state.device)
     items, corpus_split = collect_inputs(inputs, split=split)
     classifier = ZeroShotClassifier(model, scorer, prompts, mode, cache_dir)
-    qs = classifier.query_set(queries)
-    query_embeds = classifier.query_embeddings(qs)  # once per run, not per batch
-    kinds = classifier.feature_kinds
-    with state.split_between_processes(list(range(len(items)))) as shard:
-        mine = list(shard)
-    image_cache = ImageFeatureCache(model, cache_images) if cache_images else None
-    identities = ImageFeatureCache.identities([items[i] for i in mine], corpus_split) if image_cache else []
-    probs = np.full((len(mine), len(queries)), np.nan, dtype=np.float32)  # rows of this process's share
-    errors: dict[str, str] = {}
-    todo = list(range(len(mine)))  # positions in the share still needing the image tower
-    with tqdm(
-        total=len(mine),
-        desc="zero-shot",
-        unit="img",
-        disable=not progress or not state.is_main_process or len(mine) < 2 * batch_size,
-    ) as bar:
-        if image_cache is not None:
-            cached = {j: image_cache.load(identities[j], kinds) for j in todo}
-            todo = [j for j in todo if cached[j] is None]
-            hits = [j for j in cached if cached[j] is not None]
-            for start in range(0, len(hits), batch_size):
-                chunk = hits[start : start + batch_size]
-                device = model.device
-                features = {k: torch.stack([cached[j][k] for j in chunk]).to(device) for k in kinds}
-                probs[chunk] = classifier.score_features(features, query_embeds).cpu().numpy()
-                bar.update(len(chunk))
-        dataset = InferenceImages([items[mine[j]] for j in todo], model.config.preprocess, corpus_split)
-        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_inference, num_workers=num_workers)
-        for batch in loader:
-            for index, error in batch["errors"].items():
-                item_id = items[mine[todo[index]]].id
-                errors[item_id] = error
-                logger.warning("%s: skipped (%s)", item_id, error)
-            if batch["pixel_values"] is not None:
-                features = classifier.image_features(batch["pixel_values"])
-                rows = [todo[i] for i in batch["index"]]
-                probs[rows] = classifier.score_features(features, query_embeds).cpu().numpy()
-                if image_cache is not None:
-                    for b, j in enumerate(rows):
-                        image_cache.save(identities[j], {k: features[k][b] for k in kinds})
-            bar.update(len(batch["index"]) + len(batch["errors"]))
-    if state.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        shares = gather_object([(mine, probs, errors)])  # one entry per rank, in rank order
-        probs = np.full((len(items), len(queries)), np.nan, dtype=np.float32)
-        errors = {}
-        for indices, part, part_errors in shares:
-            probs[indices] = part
-            errors.update(part_errors)
-    order = {item.id: i for i, item in enumerate(items)}
-    errors = dict(sorted(errors.items(), key=lambda kv: order[kv[0]]))
+    query_embeds = classifier.query_embeddings(classifier.query_set(queries))  # once per run, not per batch
+    mine = my_share(state, len(items))
+    work = _Share(classifier, query_embeds, [items[i] for i in mine], corpus_split,
+                  ImageFeatureCache(model, cache_images) if cache_images else None, len(queries))  # fmt: skip
+    show = progress and state.is_main_process and len(mine) >= 2 * batch_size
+    with tqdm(total=len(mine), desc="zero-shot", unit="img", disable=not show) as bar:
+        todo = _score_cached(work, batch_size, bar)
+        _score_images(work, todo, batch_size, num_workers, bar)
+    probs, errors = gather_shares(state, items, mine, work.probs, work.errors)
     return ZeroShotResult([i.id for i in items], list(queries), probs, errors)
+
+
+class _Share:
+    """One process's share of a zero-shot run: its items, their scores so far and the errors."""
+
+    def __init__(self, classifier, query_embeds, items, corpus_split, image_cache, num_queries: int):
+        self.classifier, self.query_embeds, self.items, self.corpus_split = (
+            classifier,
+            query_embeds,
+            items,
+            corpus_split,
+        )
+        self.image_cache = image_cache
+        self.identities = ImageFeatureCache.identities(items, corpus_split) if image_cache else []
+        self.probs = np.full((len(items), num_queries), np.nan, dtype=np.float32)
+        self.errors: dict[str, str] = {}
+
+
+def _score_cached(work: _Share, batch_size: int, bar) -> list[int]:
+    """Score the items whose image features are in the image cache; returns the positions still to do."""
+    todo = list(range(len(work.items)))
+    if work.image_cache is None:
+        return todo
+    kinds = work.classifier.feature_kinds
+    cached = {j: work.image_cache.load(work.identities[j], kinds) for j in todo}
+    hits = [j for j in todo if cached[j] is not None]
+    device = work.classifier.model.device
+    for start in range(0, len(hits), batch_size):
+        chunk = hits[start : start + batch_size]
+        features = {k: torch.stack([cached[j][k] for j in chunk]).to(device) for k in kinds}
+        work.probs[chunk] = work.classifier.score_features(features, work.query_embeds).cpu().numpy()
+        bar.update(len(chunk))
+    return [j for j in todo if cached[j] is None]
+
+
+def _score_images(work: _Share, todo: list[int], batch_size: int, num_workers: int, bar) -> None:
+    """Run the image tower on the items at positions ``todo`` (an unreadable one is an error, never dropped)."""
+    from torch.utils.data import DataLoader
+
+    from mmrad.inference.inputs import InferenceImages, collate_inference
+
+    model, kinds = work.classifier.model, work.classifier.feature_kinds
+    dataset = InferenceImages([work.items[j] for j in todo], model.config.preprocess, work.corpus_split)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_inference, num_workers=num_workers)
+    for batch in loader:
+        for index, error in batch["errors"].items():
+            work.errors[work.items[todo[index]].id] = error
+            logger.warning("%s: skipped (%s)", work.items[todo[index]].id, error)
+        if batch["pixel_values"] is not None:
+            features = work.classifier.image_features(batch["pixel_values"])
+            rows = [todo[i] for i in batch["index"]]
+            work.probs[rows] = work.classifier.score_features(features, work.query_embeds).cpu().numpy()
+            if work.image_cache is not None:
+                for b, j in enumerate(rows):
+                    work.image_cache.save(work.identities[j], {k: features[k][b] for k in kinds})
+        bar.update(len(batch["index"]) + len(batch["errors"]))
 
 
 def write_results_csv(result: ZeroShotResult, path: str | Path) -> Path:

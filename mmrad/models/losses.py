@@ -119,6 +119,35 @@ def contrastive_loss(
     return (F.cross_entropy(logits_i2t, target) + F.cross_entropy(logits_t2i, target)) / 2
 
 
+def model_loss(model, out, *, labels=None, masks=None, mask_valid=None, report_mask=None,
+               custom_queries: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:  # fmt: skip
+    """The configured loss terms of one forward pass and their weighted sum (``model.config.loss``).
+
+    Args:
+        model: the :class:`~mmrad.models.modeling.MMRadModel` (its config, uncertainty policies and maps).
+        out: its :class:`~mmrad.models.outputs.MMRadOutput` before the losses.
+        labels, masks, mask_valid, report_mask: as :meth:`MMRadModel.forward` takes them.
+        custom_queries: the queries were not the finding descriptions (no grounding term: masks are per finding).
+
+    Returns:
+        ``(terms, loss)``: each unweighted term, and the weighted sum (None when no term applies).
+    """
+    weights, terms = model.config.loss, {}
+    if out.text_embeds is not None and weights.contrastive > 0:
+        terms["contrastive"] = contrastive_loss(out.image_embeds, out.text_embeds, out.logit_scale, report_mask)
+    if labels is not None and weights.classification > 0:
+        terms["classification"] = classification_loss(out.logits, labels, model.query_policies(out.logits.shape[-1]))
+    rows = slice(None) if report_mask is None else report_mask.to(torch.bool)  # rows with a report
+    if out.word_embeds is not None and (report_mask is None or bool(rows.any())):
+        terms["local"] = local_alignment_loss(out.word_embeds[rows], out.word_mask[rows], out.patch_embeds[rows],
+                                              weights.local_temperature)  # fmt: skip
+    if weights.grounding > 0 and masks is not None and labels is not None and not custom_queries:
+        maps = model.attention_maps(out.query_attentions, out.grid)  # the maps grounding shows
+        terms["grounding"] = grounding_loss(maps, masks, mask_valid, labels)
+    uses = {"contrastive": out.image_embeds.sum() + out.logit_scale, "classification": out.logits.sum()}
+    return terms, (total_loss(terms, weights, uses) if terms else None)
+
+
 def total_loss(terms: dict[str, torch.Tensor], weights, uses: dict[str, torch.Tensor]) -> torch.Tensor:
     """The sum of the loss ``terms`` weighted by ``weights`` (the ``model.loss`` config).
 

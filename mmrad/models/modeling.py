@@ -27,15 +27,9 @@ from torch import nn
 
 from mmrad.config.schema import ConfigError, MMRadConfig
 from mmrad.models.fusion import QueryDecoder, attention_maps
-from mmrad.models.losses import (
-    classification_loss,
-    contrastive_loss,
-    grounding_loss,
-    local_alignment_loss,
-    total_loss,
-)
+from mmrad.models.losses import model_loss
 from mmrad.models.outputs import MMRadOutput, resolve_labels
-from mmrad.models.pretrained import model_from_towers
+from mmrad.models.pretrained import check_towers, model_from_towers
 from mmrad.models.text_tower import TextTower, build_text_tower
 from mmrad.models.vision_tower import VisionTower, build_vision_tower, resolve_model_cfg
 
@@ -78,7 +72,7 @@ class MMRadModel(nn.Module):
         self.tokenizer = tokenizer
         if self.text.hf_config is not None:
             config.text.hf_config = self.text.hf_config.to_dict()
-        self._check(config)
+        check_towers(config, self.vision, self.text, self.tokenizer)
 
         dim = config.projection_dim
         self.image_proj = nn.Linear(self.vision.pooled_dim, dim, bias=False)
@@ -119,20 +113,6 @@ class MMRadModel(nn.Module):
         self.name_or_path: str | None = None  # the folder or repo this model was loaded from
         self.towers_from_sources = False  # True when from_towers loaded named pretrained weights
         self._query_cache: tuple[tuple, torch.Tensor] | None = None  # (text tower fingerprint, description features)
-
-    def _check(self, config: MMRadConfig) -> None:
-        if config.preprocess.image_size != self.vision.image_size:
-            raise ConfigError(
-                f"model.preprocess.image_size={config.preprocess.image_size} but the vision tower takes "
-                f"{self.vision.image_size} px images"
-            )
-        hf = self.text.hf_config
-        vocab = getattr(hf, "vocab_size", None) if hf is not None else None
-        if vocab is not None and len(self.tokenizer) > vocab:
-            raise ConfigError(
-                f"model.text: the tokenizer has {len(self.tokenizer)} tokens but the text tower's "
-                f"vocab_size is {vocab}"
-            )
 
     # ------------------------------------------------------------------------------------------------------------
     # Construction with pretrained towers, saving and loading
@@ -354,6 +334,17 @@ class MMRadModel(nn.Module):
         Returns:
             :class:`MMRadOutput`.
         """
+        out = self.encode_and_decode(pixel_values, input_ids, attention_mask, text_features, query_input_ids,
+                                     query_attention_mask)  # fmt: skip
+        if return_loss:
+            custom = query_input_ids is not None
+            out.loss_terms, out.loss = model_loss(self, out, labels=labels, masks=masks, mask_valid=mask_valid,
+                                                  report_mask=report_mask, custom_queries=custom)  # fmt: skip
+        return out
+
+    def encode_and_decode(self, pixel_values, input_ids=None, attention_mask=None, text_features=None,
+                          query_input_ids=None, query_attention_mask=None) -> MMRadOutput:  # fmt: skip
+        """:meth:`forward` without the losses: images (and reports) encoded, queries decoded."""
         image_embeds, memory, grid = self.encode_vision(pixel_values)
         text_embeds = words = word_mask = None
         if text_features is None and input_ids is not None:
@@ -371,38 +362,14 @@ class MMRadModel(nn.Module):
         else:
             queries = self.label_queries()
         logits, attentions = self.decode(memory, queries, image_embeds)
+        return MMRadOutput(logits=logits, image_embeds=image_embeds, text_embeds=text_embeds, patch_embeds=memory,
+                           query_embeds=queries, query_attentions=tuple(attentions), grid=grid,
+                           logit_scale=self.logit_scale.exp().clamp(max=100.0), word_embeds=words,
+                           word_mask=word_mask)  # fmt: skip
 
-        terms: dict[str, torch.Tensor] = {}
-        weights = self.config.loss
-        scale = self.logit_scale.exp().clamp(max=100.0)
-        if return_loss:
-            if text_embeds is not None and weights.contrastive > 0:
-                terms["contrastive"] = contrastive_loss(image_embeds, text_embeds, scale, report_mask)
-            if labels is not None and weights.classification > 0:
-                terms["classification"] = classification_loss(logits, labels, self._policies(logits.shape[-1]))
-            rows = slice(None) if report_mask is None else report_mask.to(torch.bool)  # rows with a report
-            if words is not None and (report_mask is None or bool(rows.any())):
-                terms["local"] = local_alignment_loss(words[rows], word_mask[rows], memory[rows],
-                                                      weights.local_temperature)  # fmt: skip
-            if weights.grounding > 0 and masks is not None and labels is not None and query_input_ids is None:
-                maps = self.attention_maps(attentions, grid)  # the maps grounding shows
-                terms["grounding"] = grounding_loss(maps, masks, mask_valid, labels)
-        uses = {"contrastive": image_embeds.sum() + scale, "classification": logits.sum()}
-        loss = total_loss(terms, weights, uses) if terms else None
-        return MMRadOutput(
-            loss=loss,
-            loss_terms=terms,
-            logits=logits,
-            image_embeds=image_embeds,
-            text_embeds=text_embeds,
-            patch_embeds=memory,
-            query_embeds=queries,
-            query_attentions=tuple(attentions),
-            grid=grid,
-            logit_scale=scale,
-        )
-
-    def _policies(self, num_queries: int) -> list[str]:
+    def query_policies(self, num_queries: int) -> list[str]:
+        """The uncertainty policy of each query: the findings' own, or the config's single policy for custom
+        queries."""
         if num_queries == len(self.uncertainty_policies):
             return self.uncertainty_policies
         policy = self.config.labels.uncertainty

@@ -26,6 +26,8 @@ class MMRadOutput(ModelOutput):
         query_attentions: per decoder layer, (B, Q, N) cross-attention weights averaged over heads.
         grid: (h, w) of the patch tokens, h * w = N.
         logit_scale: scalar 1 / temperature of the contrastive loss.
+        word_embeds, word_mask: (B, L, P) projected report tokens and (B, L) the words that count (no padding or
+            special tokens), when the local loss is on.
     """
 
     loss: torch.Tensor | None = None
@@ -38,6 +40,8 @@ class MMRadOutput(ModelOutput):
     query_attentions: tuple[torch.Tensor, ...] | None = None
     grid: tuple[int, int] | None = None
     logit_scale: torch.Tensor | None = None
+    word_embeds: torch.Tensor | None = None
+    word_mask: torch.Tensor | None = None
 
 
 def resolve_labels(cfg: LabelsConfig) -> tuple[list[str], list[str], list[str]]:

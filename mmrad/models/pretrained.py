@@ -200,6 +200,22 @@ def load_pretrained_towers(
     return vision_tower, tower, tokenizer, model_cfg, hf_cfg, preprocess
 
 
+def check_towers(config: MMRadConfig, vision: VisionTower, text: TextTower, tokenizer) -> None:
+    """The config fits the towers: the input size the vision tower takes, a tokenizer within the text tower's
+    vocabulary."""
+    if config.preprocess.image_size != vision.image_size:
+        raise ConfigError(
+            f"model.preprocess.image_size={config.preprocess.image_size} but the vision tower takes "
+            f"{vision.image_size} px images"
+        )
+    hf = text.hf_config
+    vocab = getattr(hf, "vocab_size", None) if hf is not None else None
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ConfigError(
+            f"model.text: the tokenizer has {len(tokenizer)} tokens but the text tower's vocab_size is {vocab}"
+        )
+
+
 def adopt_preprocess(config: MMRadConfig, preprocess: dict | None, image_size: int) -> None:
     """Make the config's preprocessing match the pretrained tower (size, mean, std), logging what changed."""
     pre = config.preprocess

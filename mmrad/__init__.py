@@ -6,7 +6,7 @@ stays fast)::
     import mmrad
 
     mmrad.ingest("manifest.csv", "corpus/")                          # images + reports -> a cached, split corpus
-    cfg = mmrad.load_config("nih-effnet-lite2", ["data.corpus=corpus/"])   # a shipped config (mmrad.list_configs())
+    cfg = mmrad.load_config("tiny", ["data.corpus=corpus/"])          # a shipped config (mmrad.list_configs())
     model_dir = mmrad.train(cfg, "run/")                              # Accelerate: CPU, one or many GPUs
     metrics = mmrad.evaluate(model_dir, "corpus/", split="test")      # metrics.json + plots
 

@@ -159,8 +159,8 @@ def evaluate_corpus(
         progress: show a progress bar.
     """
     out = Path(out)
+    run = prepare_evaluation(model_dir, corpus_dir, split, batch_size)  # a model or corpus that fails writes nothing
     ensure_writable_dir(out.parent)  # fail before the forward passes, not after
-    run = prepare_evaluation(model_dir, corpus_dir, split, batch_size)
     banks = zero_shot_banks(run, zero_shot_prompts)
     pred = predict(run.model, run.loader, run.accelerator, progress=progress, extra=_hooks(run, banks))
     metrics = {

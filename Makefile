@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format clean demo bench
+.PHONY: install test lint format clean demo bench docs
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/mmrad demo --out demo_out
 
 # Every benchmark measures its figure and baseline side by side and records them in bench/results.json;
-# the README's Performance table is rendered from that file. Add DEVICE=cuda on a GPU machine.
+# the docs' benchmarks page renders its table from that file (bench_table.py prints it). Add DEVICE=cuda on a GPU.
 DEVICE ?= cpu
 BENCH_SCRIPTS := bench_startup bench_labeler bench_io bench_corpus bench_zeroshot bench_efficiency bench_lora \
 	bench_scale bench_demo
@@ -36,13 +36,19 @@ bench: install
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# The documentation site (mkdocs.yml, pages in docs/) into site/. --strict makes every warning (a broken link or
+# anchor, a docstring griffe cannot read) a failure; a config field without help fails it too (docs/hooks).
+# `python -m` puts this folder first on sys.path, so the docs describe ./mmrad.
+docs: install
+	HF_HUB_OFFLINE=1 NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict -d site
+
 lint: install
-	$(BIN)/ruff check mmrad tests scripts
-	$(BIN)/ruff format --check mmrad tests scripts
+	$(BIN)/ruff check mmrad tests scripts docs
+	$(BIN)/ruff format --check mmrad tests scripts docs
 
 format: install
-	$(BIN)/ruff check --fix mmrad tests scripts
-	$(BIN)/ruff format mmrad tests scripts
+	$(BIN)/ruff check --fix mmrad tests scripts docs
+	$(BIN)/ruff format mmrad tests scripts docs
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info site

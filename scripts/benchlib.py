@@ -1,4 +1,4 @@
-"""What every benchmark script shares: the ``bench/results.json`` record and the device argument.
+"""What every benchmark script shares: the ``bench/results.json`` record, the device argument, and the table.
 
 Each script measures a figure and its baseline side by side in one run, then calls :func:`record`, which merges the
 entry into ``bench/results.json`` by name (a re-run replaces its own entries and keeps the others). An entry is
@@ -73,6 +73,26 @@ def meets(entry: dict) -> bool:
     if entry["goal"] is None or entry["ratio"] is None:
         return True
     return entry["ratio"] >= entry["goal"] if entry["higher_is_better"] else entry["ratio"] <= entry["goal"]
+
+
+def table(entries: list[dict]) -> str:
+    """The entries as a Markdown table: what ``scripts/bench_table.py`` prints and the docs' benchmarks page shows."""
+    lines = [
+        "| figure | value | baseline | ratio | goal | met | device | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        goal = "–" if e["goal"] is None else ("≥ " if e["higher_is_better"] else "≤ ") + f"{e['goal']:g}"
+        met = "–" if e["goal"] is None else ("yes" if meets(e) else "**no**")
+        lines.append(
+            f"| {e['name']} | {_cell(e['value'])} {e['unit']} | {_cell(e['baseline'])} | {_cell(e['ratio'])} | {goal} "
+            f"| {met} | {e['device']} | `{e['command']}` |"
+        )
+    return "\n".join(lines)
+
+
+def _cell(x) -> str:
+    return "–" if x is None else f"{x:g}"
 
 
 def _round(x: float | None) -> float | None:

@@ -70,9 +70,9 @@ class TextConfig:
 @dataclass
 class FusionConfig:
     num_layers: int = 2  # query-decoder layers
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
+    num_heads: int = 4  # attention heads of each decoder layer (self- and cross-attention)
+    mlp_ratio: float = 4.0  # hidden size of each layer's MLP, as a multiple of the query width
+    dropout: float = 0.0  # dropout on the decoder's attention weights and MLP (training only)
     attention_layers: int = 1  # grounding maps average the cross-attention of the last k layers
     self_attention: bool = True  # queries attend to each other; off = each query is scored on its own
     # a query's logit: "head" (linear head on the decoded query), "evidence" (log-mean-exp over patches of the
@@ -112,8 +112,8 @@ class LabelsConfig:
 @dataclass
 class PreprocessConfig:
     image_size: int = 224  # the vision tower's input size (square)
-    mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
-    std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
+    mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])  # per channel (CLIP's)
+    std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])  # per channel (CLIP's)
     channels: int = 3  # grey images are repeated to this many channels
     # DICOM VOI policy: "auto" (VOI LUT / window when present), "none", "minmax", or "center,width" (e.g. "40,400")
     window: str = "auto"
@@ -146,7 +146,7 @@ class LossConfig:
     contrastive: float = 1.0  # image<->report InfoNCE weight
     classification: float = 1.0  # multi-label BCE on finding queries
     local: float = 0.0  # GLoRIA-style word<->patch alignment (0 = off)
-    local_temperature: float = 0.1
+    local_temperature: float = 0.1  # temperature of the word<->patch similarities of the local loss
     # attention supervision: KL divergence from each present finding's mask (or box), pooled to the patch grid, to
     # that finding query's cross-attention over the patches (0 = off; needs a corpus with masks or boxes)
     grounding: float = 0.0
@@ -161,12 +161,12 @@ class LossConfig:
 
 @dataclass
 class MMRadConfig:
-    vision: VisionConfig
-    text: TextConfig
-    fusion: FusionConfig = field(default_factory=FusionConfig)
-    labels: LabelsConfig = field(default_factory=LabelsConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    vision: VisionConfig  # the image tower (an open_clip visual tower)
+    text: TextConfig  # the text tower (a Hugging Face encoder or an open_clip text tower)
+    fusion: FusionConfig = field(default_factory=FusionConfig)  # the cross-attention query decoder
+    labels: LabelsConfig = field(default_factory=LabelsConfig)  # the findings the model predicts
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)  # image decoding and input
+    loss: LossConfig = field(default_factory=LossConfig)  # the weight of each loss term
     projection_dim: int = 256  # joint image/text embedding size
     init_temperature: float = 0.07  # initial InfoNCE temperature (learned)
 
@@ -193,9 +193,10 @@ class MMRadConfig:
 @dataclass
 class DataConfig:
     corpus: str | None = None  # an ingested corpus folder (mmrad ingest)
+    # the report text the model reads (an empty section falls back to the whole report)
     text_field: Literal["report", "findings", "impression", "findings_impression"] = "findings_impression"
-    batch_size: int = 32
-    eval_batch_size: int = 64
+    batch_size: int = 32  # training images per step and process (before gradient accumulation)
+    eval_batch_size: int = 64  # images per batch in validation
     num_workers: int | None = None  # loader processes; None = one per core the step leaves free, 1 to 4
     augment: bool = True  # random crops/intensity; never left/right flips (laterality is clinical information)
 
@@ -210,22 +211,22 @@ class DataConfig:
 class TrainConfig:
     lr: float = 1.0e-4  # new modules (fusion, projections, heads)
     tower_lr: float = 2.0e-5  # tower or LoRA parameters
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    max_steps: int = 1000
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 50  # linear warm-up, then cosine decay to max_steps
+    max_steps: int = 1000  # optimiser steps of the run
     epochs: int | None = None  # when set, max_steps = epochs x the optimiser steps of one pass over the train split
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1  # batches per optimiser step
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto = bf16 on capable GPUs, fp32 on CPU
-    eval_every: int = 100
-    save_every: int = 100
+    eval_every: int = 100  # steps between validations (the best model is exported)
+    save_every: int = 100  # steps between checkpoints (for --resume)
     keep_last: int = 2  # checkpoints kept under out/checkpoints
     patience: int = 0  # evaluations without improvement before stopping (0 = never stop early)
-    seed: int = 0
-    log_with: str | None = "tensorboard"
+    seed: int = 0  # seeds initialisation, data order and augmentation
+    log_with: str | None = "tensorboard"  # Accelerate tracker for out/logs (null = no logs)
     freeze_vision: bool = False  # without LoRA: train the vision tower in full unless frozen
-    freeze_text: bool = False
-    gradient_checkpointing: bool = False
+    freeze_text: bool = False  # without LoRA: train the text tower in full unless frozen
+    gradient_checkpointing: bool = False  # recompute the towers' blocks in the backward pass: less memory
     # keep each tower MLP's activation input, not its output, for the backward pass (recomputed there; see
     # mmrad/models/recompute.py): less activation memory for one more pointwise pass per MLP
     recompute_activations: bool = True
@@ -244,13 +245,13 @@ class TrainConfig:
 
 @dataclass
 class LoraSettings:
-    enabled: bool = False
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
+    enabled: bool = False  # add LoRA adapters to the towers named in towers (their base weights freeze)
+    r: int = 8  # adapter rank
+    alpha: int = 16  # adapter scale (the update is multiplied by alpha / r)
+    dropout: float = 0.0  # dropout on the adapters' input (costs activation memory)
     vision_targets: list[str] | None = None  # None = the defaults for the tower's architecture
-    text_targets: list[str] | None = None
-    towers: list[str] = field(default_factory=lambda: ["vision", "text"])
+    text_targets: list[str] | None = None  # None = the defaults for the text tower's model type
+    towers: list[str] = field(default_factory=lambda: ["vision", "text"])  # which towers get adapters
 
     def __post_init__(self):
         if self.r < 1:
@@ -262,10 +263,10 @@ class LoraSettings:
 
 @dataclass
 class ExperimentConfig:
-    model: MMRadConfig
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    model: MMRadConfig  # the model (saved with the weights as config.json)
+    data: DataConfig = field(default_factory=DataConfig)  # the corpus and its loaders
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation, evaluation and checkpoints
+    lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters on the towers
 
     def __post_init__(self):
         coerce_nested(self)

@@ -169,10 +169,10 @@ def test_frozen_text_tower_features_are_cached_with_the_same_losses(tiny_experim
 )
 def test_shipped_configs_load_and_name_their_weights(config, pretrained):
     from mmrad.config.schema import load_config
-    from mmrad.training.loop import _names_pretrained_weights
+    from mmrad.training.model import names_pretrained_weights
 
     cfg = load_config(config)
-    assert _names_pretrained_weights(cfg.model) is pretrained
+    assert names_pretrained_weights(cfg.model) is pretrained
 
 
 @pytest.mark.slow
@@ -255,3 +255,40 @@ def test_epochs_set_the_number_of_steps(tiny_experiment, tmp_path):
     rows = len(load_corpus(cfg.data.corpus)[0]["train"])
     per_epoch = rows // cfg.data.batch_size  # the short last batch is dropped when there are two or more
     assert summary["steps"] == 2 * per_epoch and cfg.train.max_steps == 6  # the caller's config is not changed
+
+
+def test_weight_average_follows_the_weights_and_swaps_in_and_out():
+    from mmrad.training.averaging import WeightAverage
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(net, 0.9)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    average.update(net)  # warm-up decay min(0.9, 2 / 11)
+    expected = start["0.weight"] + (1 - 2 / 11) * 1.0
+    torch.testing.assert_close(average.shadow["0.weight"], expected)
+    with average.applied(net):
+        torch.testing.assert_close(net[0].weight, expected)
+    torch.testing.assert_close(net[0].weight, start["0.weight"] + 1.0)  # the model's own weights are back
+    again = WeightAverage(net, 0.9)
+    again.load_state_dict(average.state_dict())
+    assert again.updates == 1 and torch.equal(again.shadow["0.weight"], average.shadow["0.weight"])
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightAverage(net, 1.0)
+
+
+def test_training_with_a_weight_average_exports_it_and_resumes_identically(tiny_experiment, tmp_path):
+    cfg = tiny_experiment
+    cfg.train.ema_decay = 0.8
+    model_dir = train(cfg, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "run" / "checkpoints" / "step_00000003", resumed / "checkpoints" / "step_00000003")
+    train(cfg, resumed, resume=True)
+    again = json.loads((resumed / "train_summary.json").read_text())
+    assert again["train_losses"] == pytest.approx(summary["train_losses"], abs=1e-6)
+    assert again["history"][-1] == pytest.approx(summary["history"][-1])  # validated on the same average
+    a, b = MMRadModel.from_pretrained(model_dir), MMRadModel.from_pretrained(resumed / "model")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=0, msg=name)

@@ -231,6 +231,9 @@ class TrainConfig:
     # mmrad/models/recompute.py): less activation memory for one more pointwise pass per MLP
     recompute_activations: bool = True
     init_from: str | None = None  # a saved model folder whose weights start this run (e.g. a pre-training stage)
+    # an exponential moving average of the weights, used for validation and the exported model (0 = off; e.g.
+    # 0.99 averages over roughly the last 100 steps)
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         for name in ("lr", "tower_lr"):
@@ -239,6 +242,8 @@ class TrainConfig:
         for name in ("max_steps", "gradient_accumulation_steps", "eval_every", "save_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1 (or null), got {self.epochs}")
 

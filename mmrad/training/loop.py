@@ -21,6 +21,7 @@ Output folder::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -37,6 +38,7 @@ from mmrad.errors import MMRadError
 from mmrad.evaluation.predict import predict, prediction_metrics
 from mmrad.files import ensure_writable_dir, write_json_atomic
 from mmrad.processes import resolve_mixed_precision
+from mmrad.training.averaging import WeightAverage
 from mmrad.training.checkpoints import (
     latest_checkpoint,
     read_trainer_state,
@@ -45,6 +47,7 @@ from mmrad.training.checkpoints import (
 )
 from mmrad.training.data import TrainData, build_dataloaders, losses_read_reports
 from mmrad.training.export import export_model
+from mmrad.training.model import build_model, is_tower
 from mmrad.training.schedule import param_groups, warmup_cosine
 
 logger = get_logger(__name__)
@@ -85,6 +88,12 @@ class Trainer:
     state: TrainerState = field(default_factory=TrainerState)
     train_seconds: float = 0.0  # in training steps, data loading included, evaluation and checkpoints not
     steps_this_run: int = 0
+    average: WeightAverage | None = None  # train.ema_decay: the averaged weights validation and exports use
+
+    def averaged(self):
+        """A context in which the unwrapped model holds the weights to validate and export (the average, if any)."""
+        plain = self.accelerator.unwrap_model(self.model)
+        return self.average.applied(plain) if self.average is not None else contextlib.nullcontext(plain)
 
     @property
     def export_dir(self) -> Path:
@@ -93,47 +102,6 @@ class Trainer:
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.data.train_loader) / self.cfg.train.gradient_accumulation_steps)
-
-
-def build_model(cfg: ExperimentConfig):
-    """The model to train: ``train.init_from`` (a saved model), the pretrained towers, or random towers."""
-    from mmrad.models.lora import apply_lora
-    from mmrad.models.modeling import MMRadModel
-    from mmrad.models.outputs import resolve_labels
-
-    if cfg.train.init_from:
-        model = MMRadModel.from_pretrained(cfg.train.init_from)
-        if model.label_names != resolve_labels(cfg.model.labels)[0]:
-            raise MMRadError(
-                f"train.init_from {cfg.train.init_from}: its findings {model.label_names} differ from the config's"
-            )
-        model.config.loss = cfg.model.loss  # the stage's loss weights; the architecture comes from the folder
-    elif _names_pretrained_weights(cfg.model):
-        model = MMRadModel.from_towers(cfg.model)
-    else:
-        model = MMRadModel(cfg.model)
-    if cfg.train.freeze_vision:
-        model.vision.requires_grad_(False)
-    if cfg.train.freeze_text:
-        model.text.requires_grad_(False)
-    if cfg.lora.enabled:
-        apply_lora(model, cfg.lora)
-    if cfg.train.gradient_checkpointing:
-        model.set_grad_checkpointing(True)
-    if cfg.train.recompute_activations:
-        model.set_activation_recompute(True)
-    return model
-
-
-def _names_pretrained_weights(model_cfg) -> bool:
-    """The config asks for pretrained towers: an open_clip tag or file, an hf-hub:/local-dir: model, or a text
-    encoder named by id or folder without a config dict to build it from."""
-    vision, text = model_cfg.vision, model_cfg.text
-    return bool(
-        vision.pretrained
-        or str(vision.model_name or "").startswith(("hf-hub:", "local-dir:"))
-        or (text.source == "hf" and text.name_or_path and not text.hf_config)
-    )
 
 
 def _selection_score(metrics: dict) -> tuple[str, float]:
@@ -187,7 +155,7 @@ def setup(cfg: ExperimentConfig, out: Path, dataloaders=None) -> Trainer:
     if cfg.train.epochs is not None:
         cfg = _with_epochs(cfg, len(data.train_loader), accelerator.num_processes)
     groups = param_groups(model.named_parameters(), lr=cfg.train.lr, tower_lr=cfg.train.tower_lr,
-                          weight_decay=cfg.train.weight_decay, is_tower=_is_tower)  # fmt: skip
+                          weight_decay=cfg.train.weight_decay, is_tower=is_tower)  # fmt: skip
     optimizer = torch.optim.AdamW(groups)
     # the schedule counts optimiser steps, so it is stepped by hand (a prepared scheduler steps once per process)
     scheduler = warmup_cosine(optimizer, cfg.train.warmup_steps, cfg.train.max_steps)
@@ -195,9 +163,13 @@ def setup(cfg: ExperimentConfig, out: Path, dataloaders=None) -> Trainer:
     if data.eval_loader is not None:
         data.eval_loader = accelerator.prepare(data.eval_loader)
     accelerator.register_for_checkpointing(scheduler)
+    average = None
+    if cfg.train.ema_decay > 0:
+        average = WeightAverage(accelerator.unwrap_model(model), cfg.train.ema_decay)
+        accelerator.register_for_checkpointing(average)
     if cfg.train.log_with:
         accelerator.init_trackers("mmrad", config=_hparams(cfg))
-    trainer = Trainer(cfg, out, accelerator, model, optimizer, scheduler, data)
+    trainer = Trainer(cfg, out, accelerator, model, optimizer, scheduler, data, average=average)
     if trainer.steps_per_epoch == 0:
         raise MMRadError("the training loader yields no batch (fewer rows than one batch?)")
     return trainer
@@ -265,6 +237,8 @@ def train_step(trainer: Trainer, batch: dict):
             accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
+    if trainer.average is not None and accelerator.sync_gradients:
+        trainer.average.update(accelerator.unwrap_model(model))
     return output
 
 
@@ -311,7 +285,8 @@ def evaluate_and_keep_best(trainer: Trainer) -> bool:
         return False
     state, accelerator = trainer.state, trainer.accelerator
     names = accelerator.unwrap_model(trainer.model).label_names
-    pred = predict(trainer.model, trainer.data.eval_loader, accelerator)
+    with trainer.averaged():
+        pred = predict(trainer.model, trainer.data.eval_loader, accelerator)
     metrics = {**prediction_metrics(pred, names), "losses": pred.losses}
     key, score = _selection_score(metrics)
     accelerator.log(_flat("val/", metrics), step=state.step)
@@ -319,7 +294,8 @@ def evaluate_and_keep_best(trainer: Trainer) -> bool:
     state.history.append({"step": state.step, key: score, "macro_auroc": metrics["classification"]["macro_auroc"]})
     if improved:
         state.best, state.best_metric, state.best_step, state.bad_evals = score, key, state.step, 0
-        export_model(trainer)
+        with trainer.averaged():
+            export_model(trainer)
     else:
         state.bad_evals += 1
     logger.info("step %d: %s = %.4f%s", state.step, key, score, " (best)" if improved else "", main_process_only=True)
@@ -330,7 +306,8 @@ def finish(trainer: Trainer) -> None:
     """The final export when nothing was validated, ``train_summary.json`` and the card's training line."""
     state, accelerator = trainer.state, trainer.accelerator
     if trainer.data.eval_loader is None or not trainer.export_dir.is_dir():
-        export_model(trainer)  # no validation split: the final model is the result
+        with trainer.averaged():
+            export_model(trainer)  # no validation split: the final model is the result
     images = trainer.steps_this_run * trainer.cfg.data.batch_size * trainer.cfg.train.gradient_accumulation_steps
     summary = {
         "steps": state.step,
@@ -364,12 +341,6 @@ def _with_epochs(cfg: ExperimentConfig, batches: int, processes: int) -> Experim
     logger.info("train.epochs=%d: %d optimiser steps (%d per epoch)", cfg.train.epochs, cfg.train.max_steps,
                 per_epoch, main_process_only=True)  # fmt: skip
     return cfg
-
-
-def _is_tower(name: str) -> bool:
-    from mmrad.models.pretrained import is_tower_parameter
-
-    return is_tower_parameter(name)
 
 
 def _hparams(cfg: ExperimentConfig) -> dict:
